@@ -1,0 +1,206 @@
+"""The command line: flags -> Options, then `program` (which raises) runs the pipeline; `main`
+maps exceptions to one-line messages and exit codes. The one module that imports typer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dsocr_cli import __version__
+from dsocr_cli.console import ConsoleEvents, Environment, setup_logging
+from dsocr_cli.errors import DsocrError, ExitCode, Interrupted, NoInputError, UsageError
+from dsocr_cli.options import (
+    DEFAULT_MODE,
+    DEFAULT_MODEL,
+    MODES,
+    TASK_PROMPTS,
+    EngineOptions,
+    Options,
+    OutputOptions,
+    RenderOptions,
+    TaskOptions,
+    parse_pages,
+    settings_record,
+)
+
+log = logging.getLogger("dsocr")
+
+EXIT_CODES = """Exit codes: 0 all inputs done · 1 some inputs failed (the rest done) · 2 usage error ·
+3 no usable input · 4 setup error before any page (model, device, output folder) ·
+5 internal error · 130 interrupted (SIGINT/SIGTERM)."""
+
+app = typer.Typer(
+    name="dsocr",
+    help="Batch OCR with DeepSeek-OCR: PDFs, images and folders to markdown, layout boxes and JSON.\n\n" + EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+ENV: Environment | None = None  # tests may set their own; otherwise each command isolates stdout
+
+Out = Annotated[Optional[str], typer.Option("-o", "--output", help="Output folder; '-' or none: markdown to stdout.")]
+Dpi = Annotated[float, typer.Option(help="PDF rendering resolution.", min=36, max=600)]
+Pages = Annotated[Optional[str], typer.Option(help="Pages to process, 1-based: 1-3,7,10-")]
+Password = Annotated[Optional[str], typer.Option(help="Password of encrypted PDFs.")]
+Model = Annotated[str, typer.Option(help="Hub id or local checkpoint folder.")]
+Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit) of --model.")]
+Device = Annotated[str, typer.Option(help="auto, cuda, cpu or mps (auto: cuda when available).")]
+Dtype = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")]
+Mode = Annotated[str, typer.Option(help=f"Resolution preset: {', '.join(MODES)}.")]
+Task = Annotated[str, typer.Option(help=f"What to ask the model: {', '.join(TASK_PROMPTS)}.")]
+Prompt = Annotated[Optional[str], typer.Option(help="A custom prompt (overrides --task).")]
+MaxNew = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation limit per page.")]
+Batch = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Pages per batch (default: by device).")]
+Engine = Annotated[str, typer.Option(help="Inference engine.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (needs -o).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr (for cron).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
+
+
+def build_options(out, dpi, pages, password, model, revision, device, dtype, mode, task, prompt,
+                  max_new_tokens, batch_size, engine) -> Options:
+    if mode not in MODES:
+        raise UsageError(f"unknown --mode {mode!r}", f"choose one of: {', '.join(MODES)}")
+    if task not in TASK_PROMPTS:
+        raise UsageError(f"unknown --task {task!r}", f"choose one of: {', '.join(TASK_PROMPTS)}")
+    return Options(
+        render=RenderOptions(dpi=dpi, pages=parse_pages(pages), password=password),
+        engine=EngineOptions(engine=engine, model=model, revision=revision, device=device, dtype=dtype,
+                             mode=mode, max_new_tokens=max_new_tokens, batch_size=batch_size),
+        task=TaskOptions(name=task, prompt=prompt),
+        output=OutputOptions(out=None if out in (None, "-") else Path(out)),
+    )
+
+
+def program(env: Environment, paths: list[str], options: Options, want=None, json_summary=False,
+            quiet=False) -> ExitCode:
+    """Run dsocr on `paths`; raises DsocrError for setup problems, returns the exit code otherwise."""
+    from dsocr_cli.discover import discover, expand_arguments
+    from dsocr_cli.engines import load_engine
+    from dsocr_cli.pipeline import Pipeline, exit_code
+    from dsocr_cli.writers.stdout import StdoutOutput
+    from dsocr_cli.writers.summary import summary_record
+    from dsocr_cli.writers.tree import TreeOutput
+
+    if json_summary and options.output.to_stdout:
+        raise UsageError("--json prints the summary on stdout, where the markdown would go", "add -o OUT")
+    events = ConsoleEvents(env, quiet)
+    sources, rejected = discover(expand_arguments(paths, env.stdin), want)
+    for item in rejected:
+        events.rejected(item)
+    if not sources:
+        raise NoInputError("no input to process" + (f" ({len(rejected)} rejected)" if rejected else ""),
+                           "give PDFs, images or folders holding them")
+    output = TreeOutput(options.output.out) if options.output.out else StdoutOutput(env.data, sources)
+    events.model_loading(options.engine.model)
+    engine = load_engine(options.engine)
+    pipeline = Pipeline(options, engine, output, events)
+    events.run_started(len(sources))
+    try:
+        summary = pipeline.run(sources)
+    except KeyboardInterrupt:
+        summary = pipeline.summary
+        summary.interrupted = True
+    code = exit_code(summary, rejected)
+    record = summary_record(summary, rejected, settings_record(options), int(code))
+    path = output.write_summary(record)
+    if json_summary:
+        env.data.write(json.dumps(record, ensure_ascii=False) + "\n")
+        env.data.flush()
+    log.info("%d done, %d failed, %d pages in %.1f s%s", record["documents"]["done"], record["documents"]["failed"],
+             record["pages"], record["seconds"], f"; summary: {path}" if path else "")
+    return code
+
+
+def _execute(verbose: bool, quiet: bool, body) -> None:
+    """Run a command body and turn its outcome into an exit code and at most one error line."""
+    env = ENV or Environment.isolate_stdout()
+    setup_logging(env, verbose, quiet)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        code = body(env)
+    except DsocrError as exc:
+        log.error("%s", exc.one_line(), exc_info=verbose)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        code = ExitCode.INTERRUPTED
+    except Exception as exc:  # a bug: one line unless --verbose
+        log.error("internal error: %s: %s (rerun with --verbose for the traceback)", type(exc).__name__, exc,
+                  exc_info=verbose)
+        code = ExitCode.INTERNAL
+    finally:
+        env.data.flush()
+    raise typer.Exit(int(code))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _ocr_command(name: str, want, help_text: str):
+    def command(
+        paths: Annotated[list[str], typer.Argument(help="Files, folders, or '-' for paths on stdin.")],
+        output: Out = None,
+        dpi: Dpi = 144.0,
+        pages: Pages = None,
+        password: Password = None,
+        model: Model = DEFAULT_MODEL,
+        revision: Revision = None,
+        device: Device = "auto",
+        dtype: Dtype = "auto",
+        mode: Mode = DEFAULT_MODE,
+        task: Task = "markdown",
+        prompt: Prompt = None,
+        max_new_tokens: MaxNew = 8192,
+        batch_size: Batch = None,
+        engine: Engine = "hf",
+        json_summary: Json = False,
+        quiet: Quiet = False,
+        verbose: Verbose = False,
+    ) -> None:
+        def body(env: Environment) -> ExitCode:
+            options = build_options(output, dpi, pages, password, model, revision, device, dtype, mode, task,
+                                    prompt, max_new_tokens, batch_size, engine)
+            return program(env, paths, options, want, json_summary, quiet)
+
+        _execute(verbose, quiet, body)
+
+    command.__doc__ = help_text
+    app.command(name, epilog=EXIT_CODES)(command)
+
+
+_ocr_command("pdf", "pdf", "OCR PDF files (rendered with PyMuPDF) or the PDFs found in folders.")
+_ocr_command("image", "image", "OCR images (jpg, png, webp, tiff, bmp, gif); TIFF frames become pages.")
+_ocr_command("run", None, "OCR files and folders of any supported kind, told by content; '-' reads paths from stdin.")
+
+
+@app.command(epilog=EXIT_CODES)
+def selftest(
+    save_model: Annotated[Optional[Path], typer.Option(help="Keep the tiny model here (usable with --model).")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Prove the install: a tiny random-weight DeepSeek-OCR-2 runs a PDF and an image end to end."""
+    from dsocr_cli.selftest import run_selftest
+
+    _execute(verbose, False, lambda env: run_selftest(env, save_model))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main", "program", "Interrupted"]

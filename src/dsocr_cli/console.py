@@ -1,0 +1,136 @@
+"""What the user sees on stderr: a rich progress bar on a terminal, plain log lines otherwise,
+errors only with --quiet. The one module that imports rich.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dsocr_cli.discover import Rejected
+from dsocr_cli.errors import show_path
+from dsocr_cli.types import DocumentResult, Prediction, Source
+
+log = logging.getLogger("dsocr")
+
+
+@dataclass
+class Environment:
+    """The process's streams: `data` is the real stdout, kept for markdown and JSON alone."""
+
+    data: TextIO
+    err: TextIO
+    stdin: TextIO
+    err_is_tty: bool
+
+    @classmethod
+    def isolate_stdout(cls) -> Environment:
+        """Keep a private handle on stdout and point fd 1 at stderr, so that whatever a library
+        prints (Python or C) lands on stderr and stdout carries only dsocr's data."""
+        sys.stdout.flush()
+        data = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="surrogateescape")
+        os.dup2(2, 1)
+        return cls(data=data, err=sys.stderr, stdin=sys.stdin, err_is_tty=sys.stderr.isatty())
+
+
+def setup_logging(env: Environment, verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    if env.err_is_tty:
+        handler: logging.Handler = RichHandler(console=Console(file=env.err), show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(env.err)
+        handler.setFormatter(logging.Formatter("dsocr: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    log.setLevel(level)
+    logging.getLogger("dsocr_cli").setLevel(level)
+    _quiet_libraries(verbose, quiet or not env.err_is_tty)
+
+
+def _quiet_libraries(verbose: bool, no_bars: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if no_bars:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_info() if verbose else hf_logging.set_verbosity_error()
+    if no_bars:
+        hf_logging.disable_progress_bar()
+
+
+class ConsoleEvents:
+    """Events -> stderr. A progress bar on a terminal, one line per document otherwise."""
+
+    def __init__(self, env: Environment, quiet: bool = False):
+        self.quiet = quiet
+        self.bar = None
+        self.pages = 0
+        if env.err_is_tty and not quiet:
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("docs · {task.fields[pages]} pages · {task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=env.err),
+                transient=False,
+            )
+
+    def run_started(self, documents: int) -> None:
+        if self.bar:
+            self.bar.start()
+            self.task = self.bar.add_task("OCR", total=documents, pages=0, rate="")
+        self._started = None
+
+    def rejected(self, item: Rejected) -> None:
+        log.warning("skipped %s", item.message) if item.reason == "not-a-file" else log.error("%s", item.message)
+
+    def model_loading(self, name: str) -> None:
+        log.info("loading model %s", name)
+
+    def document_started(self, source: Source) -> None:
+        import time
+
+        if self._started is None:
+            self._started = time.perf_counter()
+        if not self.bar:
+            log.debug("started %s", show_path(source.path))
+
+    def pages_done(self, predictions: list[Prediction]) -> None:
+        import time
+
+        self.pages += len(predictions)
+        if self.bar:
+            elapsed = time.perf_counter() - (self._started or time.perf_counter())
+            rate = f"{self.pages / elapsed:.2f} pages/s" if elapsed > 0 else ""
+            self.bar.update(self.task, pages=self.pages, rate=rate)
+
+    def document_finished(self, result: DocumentResult) -> None:
+        if self.bar:
+            self.bar.advance(self.task)
+        if result.status == "failed":
+            log.error("%s", result.message or f"{show_path(result.source.path)}: failed")
+        elif result.status == "done":
+            unfinished = sum(1 for p in result.pages if p.prediction.finish != "eos")
+            note = f", {unfinished} page(s) cut short (length/repetition)" if unfinished else ""
+            log.info("done %s: %d page(s) in %.1f s%s", show_path(result.source.path), len(result.pages),
+                     result.seconds, note)
+        else:
+            log.info("skipped %s: %s", show_path(result.source.path), result.message or "already done")
+
+    def run_finished(self) -> None:
+        if self.bar:
+            self.bar.stop()
+            self.bar = None

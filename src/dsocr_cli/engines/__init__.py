@@ -1,0 +1,47 @@
+"""The engine contract and the registry of engine factories.
+
+An engine is one method, `predict`, plus attributes saying what it supports. Factories are cheap
+to register: heavy imports and weight loading happen only when `load_engine` calls one, once per
+process, and the loaded engine is passed to the pipeline explicitly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from dsocr_cli.errors import UsageError
+from dsocr_cli.options import EngineOptions
+from dsocr_cli.types import PageImage, Prediction
+
+
+class Engine(Protocol):
+    name: str
+    device: str
+    batch_size: int  # how many pages one predict call takes at most
+
+    def predict(self, pages: Sequence[PageImage], prompt: str) -> list[Prediction]:
+        """One Prediction per page, in the order given."""
+        ...
+
+
+# name -> "module:function"; the function takes EngineOptions and returns a loaded Engine.
+FACTORIES: dict[str, str] = {
+    "hf": "dsocr_cli.engines.hf:load",
+}
+
+
+def register(name: str, factory: str | Callable[[EngineOptions], Engine]) -> None:
+    """Add an engine (tests register fakes exactly as real engines are registered)."""
+    FACTORIES[name] = factory  # type: ignore[assignment]
+
+
+def load_engine(options: EngineOptions) -> Engine:
+    factory = FACTORIES.get(options.engine)
+    if factory is None:
+        raise UsageError(f"unknown engine {options.engine!r}", f"choose one of: {', '.join(sorted(FACTORIES))}")
+    if isinstance(factory, str):
+        module, _, func = factory.partition(":")
+        factory = getattr(importlib.import_module(module), func)
+    return factory(options)

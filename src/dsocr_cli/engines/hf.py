@@ -1,0 +1,167 @@
+"""The native engine: transformers' DeepSeek-OCR-2 (AutoModelForImageTextToText + AutoProcessor).
+
+Pages of a batch go through one padded generate call: LEFT padding (the processor leaves it on the
+right, and right-padded rows diverge from single-page output), greedy decoding, grouped_mm MoE
+experts on CUDA, and the windowed n-gram ban in place of transformers' per-step Python one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dsocr_cli.engines.device import resolve_device, resolve_dtype
+from dsocr_cli.engines.ngram import WindowedNoRepeatNGram, looks_looped
+from dsocr_cli.errors import SetupError, UsageError
+from dsocr_cli.options import EngineOptions
+from dsocr_cli.types import PageImage, Prediction
+
+log = logging.getLogger(__name__)
+
+# Table cell tags repeat legitimately; never ban them (DEEPSEEK_OCR.md).
+EXEMPT_TOKENS = ("<td>", "</td>")
+NATIVE_MODES = ("tiled", "base")
+
+
+class HFEngine:
+    name = "hf"
+
+    def __init__(self, model, processor, options: EngineOptions, device: str, dtype):
+        self.model = model
+        self.processor = processor
+        self.options = options
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = options.batch_size or (16 if device == "cuda" else 4)
+        tokenizer = processor.tokenizer
+        tokenizer.padding_side = "left"
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.exempt_ids = tuple(
+            i for i in tokenizer.convert_tokens_to_ids(list(EXEMPT_TOKENS)) if i != tokenizer.unk_token_id
+        )
+        self.strip_tokens = [t for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) if t]
+        self.image_kwargs = mode_kwargs(options.mode, processor)
+
+    def predict(self, pages: Sequence[PageImage], prompt: str) -> list[Prediction]:
+        import torch
+
+        inputs = self.processor(
+            images=[p.image for p in pages],
+            text=[prompt] * len(pages),
+            return_tensors="pt",
+            padding=True,
+            **self.image_kwargs,
+        )
+        inputs = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
+        for key in ("pixel_values", "pixel_values_local"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(self.dtype)
+        prompt_length = inputs["input_ids"].shape[1]
+        processors = []
+        if self.options.no_repeat_ngram > 1:
+            processors.append(
+                WindowedNoRepeatNGram(
+                    self.options.no_repeat_ngram, self.options.no_repeat_window, prompt_length, self.exempt_ids
+                )
+            )
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=self.options.max_new_tokens,
+                do_sample=False,
+                eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id,
+                logits_processor=processors,
+            )
+        seconds = (time.perf_counter() - started) / len(pages)
+        rows = output[:, prompt_length:].tolist()
+        return [self._prediction(row, seconds) for row in rows]
+
+    def _prediction(self, row: list[int], seconds: float) -> Prediction:
+        if self.eos_id in row:
+            ids, finish = row[: row.index(self.eos_id)], "eos"
+        else:
+            ids, finish = row, ("repetition" if looks_looped(row) else "length")
+        text = self.processor.tokenizer.decode(ids, skip_special_tokens=False)
+        for token in self.strip_tokens:
+            text = text.replace(token, "")
+        return Prediction(text=text, tokens=len(ids), finish=finish, seconds=seconds)
+
+
+def mode_kwargs(mode: str, processor) -> dict:
+    """Processor overrides for a resolution preset. `tiled` is the checkpoint's own setting."""
+    if mode == "tiled":
+        return {}
+    if mode == "base":  # the global view alone; the tile size must match it (DEEPSEEK_OCR.md)
+        side = processor.image_processor.size["height"]
+        return {"crop_to_patches": False, "tile_size": side}
+    raise UsageError(
+        f"--mode {mode} is a DeepSeek-OCR (v1) preset",
+        f"the native DeepSeek-OCR-2 engine supports {', '.join(NATIVE_MODES)}",
+    )
+
+
+def load(options: EngineOptions) -> HFEngine:
+    """Load processor and model once; every failure becomes a one-line SetupError."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    if options.mode not in NATIVE_MODES:
+        mode_kwargs(options.mode, None)
+    source = _check_model_path(options.model)
+    kwargs = {"revision": options.revision}
+    config = _fetch(lambda: AutoConfig.from_pretrained(source, **kwargs), options)
+    if getattr(config, "model_type", None) != "deepseek_ocr2":
+        raise SetupError(
+            f"{options.model} is a {getattr(config, 'model_type', 'unknown')!r} checkpoint, not native DeepSeek-OCR-2",
+            "use --model deepseek-community/DeepSeek-OCR-2, or a remote-code engine for this checkpoint",
+        )
+    processor = _fetch(lambda: AutoProcessor.from_pretrained(source, **kwargs), options)
+    model_kwargs = dict(kwargs, dtype=dtype)
+    if device == "cuda":
+        model_kwargs["experts_implementation"] = "grouped_mm"
+    model = _fetch(lambda: AutoModelForImageTextToText.from_pretrained(source, **model_kwargs), options)
+    model = model.to(device).eval()
+    log.info("loaded %s on %s (%s)", options.model, device, str(dtype).replace("torch.", ""))
+    torch.set_grad_enabled(False)
+    return HFEngine(model, processor, options, device, dtype)
+
+
+def _check_model_path(model: str) -> str:
+    path = Path(model).expanduser()
+    looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise SetupError(f"model folder {model} does not exist", "give a local checkpoint folder or a hub id")
+        if not (path / "config.json").is_file():
+            raise SetupError(f"model folder {model} has no config.json", "point --model at a checkpoint folder")
+        return str(path)
+    return model
+
+
+def _fetch(load, options: EngineOptions):
+    """Run one from_pretrained and turn hub, cache and format failures into SetupErrors."""
+    try:
+        return load()
+    except OSError as exc:
+        from huggingface_hub import constants
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SetupError(
+            f"cannot load model {options.model}: {first[:300]}",
+            f"it must be reachable on the Hugging Face hub or cached in {constants.HF_HUB_CACHE}; "
+            "without network, pass --model with a local folder",
+        ) from exc
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise SetupError(
+                f"{options.model} needs its own remote code to load",
+                "use the native checkpoint deepseek-community/DeepSeek-OCR-2, or a remote-code engine",
+            ) from exc
+        raise SetupError(f"cannot load model {options.model}: {str(exc).splitlines()[0][:300]}") from exc

@@ -1,0 +1,43 @@
+"""Progress reaches the user through this protocol alone; stages never see it. The pipeline,
+in the main process, is the only caller. `NoEvents` is the silent default (tests, the Python API).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from dsocr_cli.discover import Rejected
+from dsocr_cli.types import DocumentResult, Prediction, Source
+
+
+class Events(Protocol):
+    def run_started(self, documents: int) -> None: ...
+    def rejected(self, item: Rejected) -> None: ...
+    def model_loading(self, name: str) -> None: ...
+    def document_started(self, source: Source) -> None: ...
+    def pages_done(self, predictions: list[Prediction]) -> None: ...
+    def document_finished(self, result: DocumentResult) -> None: ...
+    def run_finished(self) -> None: ...
+
+
+class NoEvents:
+    def run_started(self, documents: int) -> None:
+        pass
+
+    def rejected(self, item: Rejected) -> None:
+        pass
+
+    def model_loading(self, name: str) -> None:
+        pass
+
+    def document_started(self, source: Source) -> None:
+        pass
+
+    def pages_done(self, predictions: list[Prediction]) -> None:
+        pass
+
+    def document_finished(self, result: DocumentResult) -> None:
+        pass
+
+    def run_finished(self) -> None:
+        pass

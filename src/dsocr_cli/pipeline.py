@@ -1,0 +1,168 @@
+"""Sources -> pages -> batches -> engine -> grounding -> writers, in one direction.
+
+`run` raises nothing for a bad document: each ends as done or failed in the RunSummary, and the
+exit code is decided from the summary after the run. Only setup errors and interrupts escape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dsocr_cli import grounding
+from dsocr_cli.discover import Rejected
+from dsocr_cli.engines import Engine
+from dsocr_cli.errors import DsocrError, ExitCode
+from dsocr_cli.events import Events, NoEvents
+from dsocr_cli.options import Options, settings_record
+from dsocr_cli.render import fingerprint
+from dsocr_cli.schedule import Batcher, Failed, Rendered, Started, page_stream
+from dsocr_cli.types import DocumentResult, PageImage, PageResult, Prediction, RunSummary, Source
+
+log = logging.getLogger(__name__)
+
+
+class DocumentSink(Protocol):
+    def add_page(self, result: PageResult) -> None: ...
+    def commit(self, fingerprint: dict, settings: dict, seconds: float) -> list[str]: ...
+    def abort(self) -> None: ...
+
+
+class Output(Protocol):
+    def open(self, source: Source) -> DocumentSink: ...
+    def finished(self, result: DocumentResult, sink: DocumentSink) -> None: ...
+
+
+@dataclass
+class _OpenDocument:
+    source: Source
+    sink: DocumentSink
+    started: float
+    expected: int | None = None
+    pages: list[PageResult] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, options: Options, engine: Engine, output: Output, events: Events | None = None):
+        self.options = options
+        self.engine = engine
+        self.output = output
+        self.events = events or NoEvents()
+        self.settings = settings_record(options)
+        self.open: dict[Source, _OpenDocument] = {}
+        self.summary = RunSummary()
+
+    def run(self, sources: Sequence[Source]) -> RunSummary:
+        started = time.perf_counter()
+        batcher = Batcher(self.engine.batch_size)
+        try:
+            for item in page_stream(sources, self.options.render):
+                if isinstance(item, PageImage):
+                    if item.source in self.open:
+                        batch = batcher.add(item)
+                        if batch:
+                            self._process(batch)
+                elif isinstance(item, Started):
+                    self._start(item.source)
+                elif isinstance(item, Rendered):
+                    self._rendered(item.source, item.pages)
+                elif isinstance(item, Failed):
+                    batcher.drop(item.source)
+                    self._fail(item.source, item.error.reason, item.error.one_line())
+            while batcher.pending:
+                self._process(batcher.take())
+        except (KeyboardInterrupt, DsocrError) as exc:
+            self.summary.interrupted = not isinstance(exc, DsocrError) or exc.exit_code == ExitCode.INTERRUPTED
+            for doc in list(self.open.values()):
+                doc.sink.abort()
+            raise
+        finally:
+            self.summary.seconds = time.perf_counter() - started
+            self.events.run_finished()
+        return self.summary
+
+    def _start(self, source: Source) -> None:
+        self.open[source] = _OpenDocument(source, self.output.open(source), time.perf_counter())
+        self.events.document_started(source)
+
+    def _rendered(self, source: Source, pages: int) -> None:
+        doc = self.open.get(source)
+        if doc is not None:
+            doc.expected = pages
+            self._maybe_commit(doc)
+
+    def _process(self, batch: list[PageImage]) -> None:
+        prompt = self.options.task.text
+        predicted = self._predict(batch, prompt)
+        self.events.pages_done([p for _, p in predicted if isinstance(p, Prediction)])
+        for page, prediction in predicted:
+            doc = self.open.get(page.source)
+            if doc is None:
+                continue
+            if not isinstance(prediction, Prediction):
+                self._fail(page.source, "engine", f"page {page.number}: {_one_line(prediction)}")
+                continue
+            parsed = grounding.parse(prediction.text, *page.size)
+            doc.sink.add_page(PageResult(page, prediction, parsed))
+            # Keep the page's record but not its pixels: long documents must not pile up images.
+            doc.pages.append(PageResult(dataclasses.replace(page, image=None), prediction, parsed))
+            self._maybe_commit(doc)
+
+    def _predict(self, batch: list[PageImage], prompt: str) -> list[tuple[PageImage, Prediction | Exception]]:
+        """Predict a batch; when it fails, split it, so that only a page failing alone is lost."""
+        try:
+            return list(zip(batch, self.engine.predict(batch, prompt), strict=True))
+        except (DsocrError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if len(batch) == 1:
+                log.debug("page failed", exc_info=True)
+                return [(batch[0], exc)]
+            log.warning("a batch of %d pages failed (%s); retrying in halves", len(batch), _one_line(exc))
+            half = len(batch) // 2
+            return self._predict(batch[:half], prompt) + self._predict(batch[half:], prompt)
+
+    def _maybe_commit(self, doc: _OpenDocument) -> None:
+        if doc.expected is None or len(doc.pages) < doc.expected:
+            return
+        del self.open[doc.source]
+        seconds = time.perf_counter() - doc.started
+        try:
+            outputs = doc.sink.commit(fingerprint(doc.source.path), self.settings, seconds)
+        except OSError as exc:
+            doc.sink.abort()
+            self._record(DocumentResult(doc.source, "failed", reason="output", message=_one_line(exc)), doc.sink)
+            return
+        pages = tuple(sorted(doc.pages, key=lambda p: p.page.index))
+        self._record(DocumentResult(doc.source, "done", pages, seconds=seconds, outputs=tuple(outputs)), doc.sink)
+
+    def _fail(self, source: Source, reason: str, message: str) -> None:
+        doc = self.open.pop(source, None)
+        sink = doc.sink if doc else self.output.open(source)
+        sink.abort()
+        seconds = time.perf_counter() - doc.started if doc else 0.0
+        self._record(DocumentResult(source, "failed", reason=reason, message=message, seconds=seconds), sink)
+
+    def _record(self, result: DocumentResult, sink: DocumentSink) -> None:
+        self.summary.documents.append(result)
+        self.output.finished(result, sink)
+        self.events.document_finished(result)
+
+
+def exit_code(summary: RunSummary, rejected: list[Rejected]) -> ExitCode:
+    if summary.interrupted:
+        return ExitCode.INTERRUPTED
+    if summary.count("failed") or rejected:
+        return ExitCode.FAILED_INPUTS
+    return ExitCode.OK
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, DsocrError):
+        return exc.one_line()
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -1,0 +1,1 @@
+"""The only code that writes output: the OUT tree, stdout markdown, JSON, annotated pages and crops."""

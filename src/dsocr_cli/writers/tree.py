@@ -1,0 +1,131 @@
+"""The OUT tree. Each document is staged in a hidden folder and moved into place whole, so a
+reader never sees a half-written document and a crash leaves nothing that looks done.
+
+    OUT/summary.json                      the run summary
+    OUT/<key>/document.md                 all pages, joined with <!-- dsocr:page N --> comments
+    OUT/<key>/document.json               pages, blocks, boxes, finish reasons, timings
+    OUT/<key>/pages/0001.md               one page's markdown
+    OUT/<key>/pages/0001.raw.md           the model's raw output, grounding tags included
+    OUT/<key>/pages/0001.jpg              the page with its layout boxes drawn
+    OUT/<key>/figures/0001-01.png         figure crops, linked from the markdown
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from dsocr_cli.errors import SetupError, show_path
+from dsocr_cli.grounding import to_markdown
+from dsocr_cli.types import Block, PageResult, Source
+from dsocr_cli.writers import document as docjson
+from dsocr_cli.writers.annotate import annotate
+from dsocr_cli.writers.files import replace_dir, write_bytes, write_json, write_text
+
+STAGING = ".dsocr-staging"
+
+
+def prepare_out(out: Path) -> Path:
+    """Fail before the model loads if OUT is a file or cannot be written; clear stale staging."""
+    if out.exists() and not out.is_dir():
+        raise SetupError(f"output {show_path(out)} is a file, not a folder", "choose another -o")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".dsocr-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SetupError(f"output folder {show_path(out)} is not writable ({exc.strerror})", "choose another -o") from None
+    shutil.rmtree(out / STAGING, ignore_errors=True)
+    return out
+
+
+class DocumentFolder:
+    """Writes one document's files into staging as its pages arrive; `commit` moves them into place."""
+
+    def __init__(self, out: Path, source: Source):
+        self.out = out
+        self.source = source
+        self.final = out.joinpath(*source.key.split("/"))
+        self.staging = out / STAGING / uuid.uuid4().hex
+        self.pages: dict[int, dict] = {}
+        self.markdown: dict[int, str] = {}
+
+    def add_page(self, result: PageResult) -> None:
+        """Write the page's markdown, raw output, annotated image and figure crops."""
+        page = result.page
+        stem = f"{page.number:04d}"
+        figures = self._crop_figures(result, stem)
+        links = {order: [f"figures/{Path(f).name}" for f in files] for order, files in figures.items()}
+
+        def link(block: Block, k: int) -> str | None:
+            names = links.get(block.order, [])
+            return names[k] if k < len(names) else None
+
+        markdown = to_markdown(result.parsed.blocks, link)
+        page_markdown = to_markdown(result.parsed.blocks, lambda b, k: f"../{link(b, k)}" if link(b, k) else None)
+        files = {"markdown": f"pages/{stem}.md", "raw": f"pages/{stem}.raw.md", "annotated": f"pages/{stem}.jpg"}
+        write_text(self.staging / files["markdown"], page_markdown)
+        write_text(self.staging / files["raw"], result.prediction.text)
+        self._save_image(annotate(page.image, result.parsed.blocks), self.staging / files["annotated"], "JPEG")
+        self.pages[page.index] = docjson.page_record(result, files, links)
+        self.markdown[page.index] = markdown
+
+    def _crop_figures(self, result: PageResult, stem: str) -> dict[int, list[str]]:
+        figures: dict[int, list[str]] = {}
+        count = 0
+        for block in result.parsed.blocks:
+            if block.label != "image":
+                continue
+            for box in block.boxes:
+                count += 1
+                name = f"figures/{stem}-{count:02d}.png"
+                crop = result.page.image.crop(tuple(round(v) for v in box))
+                self._save_image(crop, self.staging / name, "PNG")
+                figures.setdefault(block.order, []).append(name)
+        return figures
+
+    @staticmethod
+    def _save_image(image, path: Path, fmt: str) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+        write_bytes(path, buffer.getvalue())
+
+    def commit(self, fingerprint: dict, settings: dict, seconds: float) -> list[str]:
+        """Write document.md and document.json, then move the folder into place. Returns its files."""
+        order = sorted(self.pages)
+        joined = docjson.join_pages([(i + 1, self.markdown[i]) for i in order])
+        write_text(self.staging / "document.md", joined)
+        record = docjson.document_record(self.source, fingerprint, settings, [self.pages[i] for i in order], seconds)
+        write_json(self.staging / "document.json", record)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        replace_dir(self.staging, self.final)
+        return [str(self.final / "document.md"), str(self.final / "document.json")]
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def joined_markdown(self) -> str:
+        return docjson.join_pages([(i + 1, self.markdown[i]) for i in sorted(self.markdown)])
+
+
+class TreeOutput:
+    """Output for `-o OUT`: one folder per document, summary.json at the top."""
+
+    def __init__(self, out: Path):
+        self.out = prepare_out(out)
+
+    def open(self, source: Source) -> DocumentFolder:
+        return DocumentFolder(self.out, source)
+
+    def finished(self, result, sink) -> None:
+        pass
+
+    def write_summary(self, record: dict) -> Path:
+        path = self.out / "summary.json"
+        write_json(path, record)
+        shutil.rmtree(self.out / STAGING, ignore_errors=True)
+        return path
