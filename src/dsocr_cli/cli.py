@@ -8,7 +8,7 @@ import json
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,7 +37,8 @@ EXIT_CODES = """Exit codes: 0 all inputs done · 1 some inputs failed (the rest 
 
 app = typer.Typer(
     name="dsocr",
-    help="Batch OCR with DeepSeek-OCR: PDFs, images and folders to markdown, layout boxes and JSON.\n\n" + EXIT_CODES,
+    help="Batch OCR with DeepSeek-OCR: PDFs, images and folders to markdown, layout boxes and JSON.\n\n"
+    + EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -45,42 +46,69 @@ app = typer.Typer(
 )
 ENV: Environment | None = None  # tests may set their own; otherwise each command isolates stdout
 
-Out = Annotated[Optional[str], typer.Option("-o", "--output", help="Output folder; '-' or none: markdown to stdout.")]
+Out = Annotated[
+    str | None, typer.Option("-o", "--output", help="Output folder; '-' or none: markdown to stdout.")
+]
 Dpi = Annotated[float, typer.Option(help="PDF rendering resolution.", min=36, max=600)]
-Pages = Annotated[Optional[str], typer.Option(help="Pages to process, 1-based: 1-3,7,10-")]
-Password = Annotated[Optional[str], typer.Option(help="Password of encrypted PDFs.")]
+Pages = Annotated[str | None, typer.Option(help="Pages to process, 1-based: 1-3,7,10-")]
+Password = Annotated[str | None, typer.Option(help="Password of encrypted PDFs.")]
 Model = Annotated[str, typer.Option(help="Hub id or local checkpoint folder.")]
-Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit) of --model.")]
+Revision = Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit) of --model.")]
 Device = Annotated[str, typer.Option(help="auto, cuda, cpu or mps (auto: cuda when available).")]
 Dtype = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")]
 Mode = Annotated[str, typer.Option(help=f"Resolution preset: {', '.join(MODES)}.")]
 Task = Annotated[str, typer.Option(help=f"What to ask the model: {', '.join(TASK_PROMPTS)}.")]
-Prompt = Annotated[Optional[str], typer.Option(help="A custom prompt (overrides --task).")]
+Prompt = Annotated[str | None, typer.Option(help="A custom prompt (overrides --task).")]
 MaxNew = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation limit per page.")]
-Batch = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Pages per batch (default: by device).")]
+Batch = Annotated[
+    int | None, typer.Option("--batch-size", min=1, help="Pages per batch (default: by device).")
+]
 Engine = Annotated[str, typer.Option(help="Inference engine.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (needs -o).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr (for cron).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
 
 
-def build_options(out, dpi, pages, password, model, revision, device, dtype, mode, task, prompt,
-                  max_new_tokens, batch_size, engine) -> Options:
+def build_options(
+    out,
+    dpi,
+    pages,
+    password,
+    model,
+    revision,
+    device,
+    dtype,
+    mode,
+    task,
+    prompt,
+    max_new_tokens,
+    batch_size,
+    engine,
+) -> Options:
     if mode not in MODES:
         raise UsageError(f"unknown --mode {mode!r}", f"choose one of: {', '.join(MODES)}")
     if task not in TASK_PROMPTS:
         raise UsageError(f"unknown --task {task!r}", f"choose one of: {', '.join(TASK_PROMPTS)}")
     return Options(
         render=RenderOptions(dpi=dpi, pages=parse_pages(pages), password=password),
-        engine=EngineOptions(engine=engine, model=model, revision=revision, device=device, dtype=dtype,
-                             mode=mode, max_new_tokens=max_new_tokens, batch_size=batch_size),
+        engine=EngineOptions(
+            engine=engine,
+            model=model,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            mode=mode,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        ),
         task=TaskOptions(name=task, prompt=prompt),
         output=OutputOptions(out=None if out in (None, "-") else Path(out)),
     )
 
 
-def program(env: Environment, paths: list[str], options: Options, want=None, json_summary=False,
-            quiet=False) -> ExitCode:
+def program(
+    env: Environment, paths: list[str], options: Options, want=None, json_summary=False, quiet=False
+) -> ExitCode:
     """Run dsocr on `paths`; raises DsocrError for setup problems, returns the exit code otherwise."""
     from dsocr_cli.discover import discover, expand_arguments
     from dsocr_cli.engines import load_engine
@@ -96,8 +124,10 @@ def program(env: Environment, paths: list[str], options: Options, want=None, jso
     for item in rejected:
         events.rejected(item)
     if not sources:
-        raise NoInputError("no input to process" + (f" ({len(rejected)} rejected)" if rejected else ""),
-                           "give PDFs, images or folders holding them")
+        raise NoInputError(
+            "no input to process" + (f" ({len(rejected)} rejected)" if rejected else ""),
+            "give PDFs, images or folders holding them",
+        )
     output = TreeOutput(options.output.out) if options.output.out else StdoutOutput(env.data, sources)
     events.model_loading(options.engine.model)
     engine = load_engine(options.engine)
@@ -114,8 +144,14 @@ def program(env: Environment, paths: list[str], options: Options, want=None, jso
     if json_summary:
         env.data.write(json.dumps(record, ensure_ascii=False) + "\n")
         env.data.flush()
-    log.info("%d done, %d failed, %d pages in %.1f s%s", record["documents"]["done"], record["documents"]["failed"],
-             record["pages"], record["seconds"], f"; summary: {path}" if path else "")
+    log.info(
+        "%d done, %d failed, %d pages in %.1f s%s",
+        record["documents"]["done"],
+        record["documents"]["failed"],
+        record["pages"],
+        record["seconds"],
+        f"; summary: {path}" if path else "",
+    )
     return code
 
 
@@ -133,8 +169,12 @@ def _execute(verbose: bool, quiet: bool, body) -> None:
         log.error("interrupted")
         code = ExitCode.INTERRUPTED
     except Exception as exc:  # a bug: one line unless --verbose
-        log.error("internal error: %s: %s (rerun with --verbose for the traceback)", type(exc).__name__, exc,
-                  exc_info=verbose)
+        log.error(
+            "internal error: %s: %s (rerun with --verbose for the traceback)",
+            type(exc).__name__,
+            exc,
+            exc_info=verbose,
+        )
         code = ExitCode.INTERNAL
     finally:
         env.data.flush()
@@ -167,8 +207,22 @@ def _ocr_command(name: str, want, help_text: str):
         verbose: Verbose = False,
     ) -> None:
         def body(env: Environment) -> ExitCode:
-            options = build_options(output, dpi, pages, password, model, revision, device, dtype, mode, task,
-                                    prompt, max_new_tokens, batch_size, engine)
+            options = build_options(
+                output,
+                dpi,
+                pages,
+                password,
+                model,
+                revision,
+                device,
+                dtype,
+                mode,
+                task,
+                prompt,
+                max_new_tokens,
+                batch_size,
+                engine,
+            )
             return program(env, paths, options, want, json_summary, quiet)
 
         _execute(verbose, quiet, body)
@@ -179,12 +233,16 @@ def _ocr_command(name: str, want, help_text: str):
 
 _ocr_command("pdf", "pdf", "OCR PDF files (rendered with PyMuPDF) or the PDFs found in folders.")
 _ocr_command("image", "image", "OCR images (jpg, png, webp, tiff, bmp, gif); TIFF frames become pages.")
-_ocr_command("run", None, "OCR files and folders of any supported kind, told by content; '-' reads paths from stdin.")
+_ocr_command(
+    "run", None, "OCR files and folders of any supported kind, told by content; '-' reads paths from stdin."
+)
 
 
 @app.command(epilog=EXIT_CODES)
 def selftest(
-    save_model: Annotated[Optional[Path], typer.Option(help="Keep the tiny model here (usable with --model).")] = None,
+    save_model: Annotated[
+        Path | None, typer.Option(help="Keep the tiny model here (usable with --model).")
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Prove the install: a tiny random-weight DeepSeek-OCR-2 runs a PDF and an image end to end."""

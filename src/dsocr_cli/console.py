@@ -12,7 +12,14 @@ from typing import TextIO
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from dsocr_cli.discover import Rejected
 from dsocr_cli.errors import show_path
@@ -43,7 +50,9 @@ class Environment:
 def setup_logging(env: Environment, verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     if env.err_is_tty:
-        handler: logging.Handler = RichHandler(console=Console(file=env.err), show_path=False, show_time=False)
+        handler: logging.Handler = RichHandler(
+            console=Console(file=env.err), show_path=False, show_time=False
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(env.err)
@@ -95,7 +104,9 @@ class ConsoleEvents:
         self._started = None
 
     def rejected(self, item: Rejected) -> None:
-        log.warning("skipped %s", item.message) if item.reason == "not-a-file" else log.error("%s", item.message)
+        log.warning("skipped %s", item.message) if item.reason == "not-a-file" else log.error(
+            "%s", item.message
+        )
 
     def model_loading(self, name: str) -> None:
         log.info("loading model %s", name)
@@ -125,8 +136,13 @@ class ConsoleEvents:
         elif result.status == "done":
             unfinished = sum(1 for p in result.pages if p.prediction.finish != "eos")
             note = f", {unfinished} page(s) cut short (length/repetition)" if unfinished else ""
-            log.info("done %s: %d page(s) in %.1f s%s", show_path(result.source.path), len(result.pages),
-                     result.seconds, note)
+            log.info(
+                "done %s: %d page(s) in %.1f s%s",
+                show_path(result.source.path),
+                len(result.pages),
+                result.seconds,
+                note,
+            )
         else:
             log.info("skipped %s: %s", show_path(result.source.path), result.message or "already done")
 

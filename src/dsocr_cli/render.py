@@ -59,7 +59,9 @@ def _render_pdf_page(source: Source, doc, number: int, options: RenderOptions) -
         pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False, colorspace=pymupdf.csRGB)
         image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
     except Exception as exc:
-        raise InputError(f"{show_path(source.path)}: page {number} cannot be rendered ({_first_line(exc)})", "corrupt") from None
+        raise InputError(
+            f"{show_path(source.path)}: page {number} cannot be rendered ({_first_line(exc)})", "corrupt"
+        ) from None
     return PageImage(source, number - 1, image, dpi=72.0 * zoom, scale=zoom, page_count=doc.page_count)
 
 
@@ -81,7 +83,9 @@ def _render_image(source: Source, options: RenderOptions) -> Iterator[PageImage]
             frames = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
             pages = [_frame(image, i) for i in range(frames)]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{name}: image too large (over {Image.MAX_IMAGE_PIXELS:,} pixels)", "too-large") from None
+        raise InputError(
+            f"{name}: image too large (over {Image.MAX_IMAGE_PIXELS:,} pixels)", "too-large"
+        ) from None
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image Pillow can read", "unsupported") from None
     except (OSError, ValueError, SyntaxError) as exc:

@@ -19,7 +19,7 @@ def make_pdf(path: Path, pages: int = 2, sizes: list[tuple[float, float]] | None
 
     doc = pymupdf.open()
     for n in range(pages):
-        width, height = (sizes[n % len(sizes)] if sizes else (595, 842))
+        width, height = sizes[n % len(sizes)] if sizes else (595, 842)
         page = doc.new_page(width=width, height=height)
         page.insert_text((56, 72), f"Sample document, page {n + 1}", fontsize=20)
         page.insert_textbox(pymupdf.Rect(56, 96, width - 56, 220), PARAGRAPH, fontsize=11)
@@ -36,7 +36,9 @@ def make_pdf(path: Path, pages: int = 2, sizes: list[tuple[float, float]] | None
     return path
 
 
-def make_image(path: Path, size: tuple[int, int] = (900, 600), mode: str = "RGB", text: str = "Hello dsocr") -> Path:
+def make_image(
+    path: Path, size: tuple[int, int] = (900, 600), mode: str = "RGB", text: str = "Hello dsocr"
+) -> Path:
     """A page-like image with some text and a box, saved in the format its suffix names."""
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)

@@ -106,6 +106,17 @@ def tiny_config(vocab_size: int, image_token_id: int, pad_token_id: int):
     )
 
 
+def _spread_weights(model) -> None:
+    """Re-draw matrices at 1/sqrt(fan-in): the config's own init (SAM's is 1e-10) would make every
+    image give the same text, and tests could then not tell one page's output from another's."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 1.0 / param.shape[-1] ** 0.5)
+
+
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     """Write a loadable tiny checkpoint (model + processor) into `folder` and return it."""
     import torch
@@ -121,6 +132,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     config = tiny_config(len(tokenizer), image_token_id, tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = DeepseekOcr2ForConditionalGeneration(config).eval()
+    _spread_weights(model)
     model.generation_config = GenerationConfig(
         bos_token_id=0, eos_token_id=1, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )

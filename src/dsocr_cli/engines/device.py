@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from dsocr_cli.errors import SetupError, UsageError
 
-DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
-          "fp32": "float32", "float32": "float32"}
+DTYPES = {
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+}
 
 
 def resolve_device(requested: str) -> str:
@@ -18,10 +24,17 @@ def resolve_device(requested: str) -> str:
         return "mps" if mps is not None and mps.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
         build = torch.version.cuda
-        why = f"torch {torch.__version__} was built for CUDA {build} but sees no GPU" if build else (
-            f"torch {torch.__version__} is a CPU-only build")
-        raise SetupError(f"--device cuda: {why}", "install a CUDA build (scripts/install.sh) or use --device cpu")
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        why = (
+            f"torch {torch.__version__} was built for CUDA {build} but sees no GPU"
+            if build
+            else (f"torch {torch.__version__} is a CPU-only build")
+        )
+        raise SetupError(
+            f"--device cuda: {why}", "install a CUDA build (scripts/install.sh) or use --device cpu"
+        )
+    if requested == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise SetupError("--device mps: Apple's Metal backend is not available here", "use --device cpu")
     if requested not in ("cuda", "cpu", "mps"):
         raise UsageError(f"unknown device {requested!r}", "choose auto, cuda, cpu or mps")

@@ -64,7 +64,10 @@ class HFEngine:
         if self.options.no_repeat_ngram > 1:
             processors.append(
                 WindowedNoRepeatNGram(
-                    self.options.no_repeat_ngram, self.options.no_repeat_window, prompt_length, self.exempt_ids
+                    self.options.no_repeat_ngram,
+                    self.options.no_repeat_window,
+                    prompt_length,
+                    self.exempt_ids,
                 )
             )
         started = time.perf_counter()
@@ -138,9 +141,13 @@ def _check_model_path(model: str) -> str:
     looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
     if looks_local:
         if not path.is_dir():
-            raise SetupError(f"model folder {model} does not exist", "give a local checkpoint folder or a hub id")
+            raise SetupError(
+                f"model folder {model} does not exist", "give a local checkpoint folder or a hub id"
+            )
         if not (path / "config.json").is_file():
-            raise SetupError(f"model folder {model} has no config.json", "point --model at a checkpoint folder")
+            raise SetupError(
+                f"model folder {model} has no config.json", "point --model at a checkpoint folder"
+            )
         return str(path)
     return model
 
