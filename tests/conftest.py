@@ -20,9 +20,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def offline_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false"
-    )
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     env.update(extra)
     return env
 

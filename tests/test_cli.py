@@ -207,9 +207,7 @@ def test_selftest_and_saved_model(tmp_path):
     assert "selftest   passed" in result.stdout
     assert "FAIL" not in result.stdout
     pdf = make_pdf(tmp_path / "a.pdf", pages=1)
-    again = run_dsocr(
-        "pdf", str(pdf), "--model", str(saved), "--max-new-tokens", "4", "-o", str(tmp_path / "out")
-    )
+    again = run_dsocr("pdf", str(pdf), "--model", str(saved), "--max-new-tokens", "4", "-o", str(tmp_path / "out"))
     assert again.returncode == 0, again.stderr
 
 

@@ -37,8 +37,7 @@ EXIT_CODES = """Exit codes: 0 all inputs done · 1 some inputs failed (the rest 
 
 app = typer.Typer(
     name="dsocr",
-    help="Batch OCR with DeepSeek-OCR: PDFs, images and folders to markdown, layout boxes and JSON.\n\n"
-    + EXIT_CODES,
+    help="Batch OCR with DeepSeek-OCR: PDFs, images and folders to markdown, layout boxes and JSON.\n\n" + EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -46,9 +45,7 @@ app = typer.Typer(
 )
 ENV: Environment | None = None  # tests may set their own; otherwise each command isolates stdout
 
-Out = Annotated[
-    str | None, typer.Option("-o", "--output", help="Output folder; '-' or none: markdown to stdout.")
-]
+Out = Annotated[str | None, typer.Option("-o", "--output", help="Output folder; '-' or none: markdown to stdout.")]
 Dpi = Annotated[float, typer.Option(help="PDF rendering resolution.", min=36, max=600)]
 Pages = Annotated[str | None, typer.Option(help="Pages to process, 1-based: 1-3,7,10-")]
 Password = Annotated[str | None, typer.Option(help="Password of encrypted PDFs.")]
@@ -60,9 +57,7 @@ Mode = Annotated[str, typer.Option(help=f"Resolution preset: {', '.join(MODES)}.
 Task = Annotated[str, typer.Option(help=f"What to ask the model: {', '.join(TASK_PROMPTS)}.")]
 Prompt = Annotated[str | None, typer.Option(help="A custom prompt (overrides --task).")]
 MaxNew = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation limit per page.")]
-Batch = Annotated[
-    int | None, typer.Option("--batch-size", min=1, help="Pages per batch (default: by device).")
-]
+Batch = Annotated[int | None, typer.Option("--batch-size", min=1, help="Pages per batch (default: by device).")]
 Engine = Annotated[str, typer.Option(help="Inference engine.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (needs -o).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr (for cron).")]
@@ -233,16 +228,12 @@ def _ocr_command(name: str, want, help_text: str):
 
 _ocr_command("pdf", "pdf", "OCR PDF files (rendered with PyMuPDF) or the PDFs found in folders.")
 _ocr_command("image", "image", "OCR images (jpg, png, webp, tiff, bmp, gif); TIFF frames become pages.")
-_ocr_command(
-    "run", None, "OCR files and folders of any supported kind, told by content; '-' reads paths from stdin."
-)
+_ocr_command("run", None, "OCR files and folders of any supported kind, told by content; '-' reads paths from stdin.")
 
 
 @app.command(epilog=EXIT_CODES)
 def selftest(
-    save_model: Annotated[
-        Path | None, typer.Option(help="Keep the tiny model here (usable with --model).")
-    ] = None,
+    save_model: Annotated[Path | None, typer.Option(help="Keep the tiny model here (usable with --model).")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Prove the install: a tiny random-weight DeepSeek-OCR-2 runs a PDF and an image end to end."""

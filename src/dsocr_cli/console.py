@@ -50,9 +50,7 @@ class Environment:
 def setup_logging(env: Environment, verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     if env.err_is_tty:
-        handler: logging.Handler = RichHandler(
-            console=Console(file=env.err), show_path=False, show_time=False
-        )
+        handler: logging.Handler = RichHandler(console=Console(file=env.err), show_path=False, show_time=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(env.err)
@@ -104,9 +102,7 @@ class ConsoleEvents:
         self._started = None
 
     def rejected(self, item: Rejected) -> None:
-        log.warning("skipped %s", item.message) if item.reason == "not-a-file" else log.error(
-            "%s", item.message
-        )
+        log.warning("skipped %s", item.message) if item.reason == "not-a-file" else log.error("%s", item.message)
 
     def model_loading(self, name: str) -> None:
         log.info("loading model %s", name)

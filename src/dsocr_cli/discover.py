@@ -56,9 +56,7 @@ def read_kind(path: Path) -> SourceKind | Rejected:
         return Rejected(path, "empty", f"{_show(path)}: the file is empty")
     kind = sniff(head)
     if kind is None:
-        return Rejected(
-            path, "unsupported", f"{_show(path)}: neither a PDF nor a supported image (by content)"
-        )
+        return Rejected(path, "unsupported", f"{_show(path)}: neither a PDF nor a supported image (by content)")
     return kind
 
 
@@ -121,16 +119,12 @@ def _walk(root: Path, rejected: list[Rejected]) -> Iterator[Path]:
             seen.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
         except OSError as exc:
-            rejected.append(
-                Rejected(folder, "unreadable", f"{_show(folder)}: cannot be listed ({exc.strerror})")
-            )
+            rejected.append(Rejected(folder, "unreadable", f"{_show(folder)}: cannot be listed ({exc.strerror})"))
             continue
         for entry in entries:
             path = Path(entry.path)
             if entry.is_symlink() and not _inside(path, real_root):
-                rejected.append(
-                    Rejected(path, "outside", f"{_show(path)}: link leads outside {_show(root)} (skipped)")
-                )
+                rejected.append(Rejected(path, "outside", f"{_show(path)}: link leads outside {_show(root)} (skipped)"))
                 continue
             try:
                 st = path.stat()

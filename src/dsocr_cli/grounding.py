@@ -44,11 +44,7 @@ def parse(raw: str, width: int, height: int) -> ParsedPage:
             boxes = _parse_boxes(det, width, height, defects, len(blocks))
         text = _clean_text(raw[match.end() : end], defects)
         blocks.append(Block(label, boxes, text, len(blocks)))
-    if (
-        "<|det|>" in raw
-        and not raw.rstrip().endswith("<|/det|>")
-        and raw.count("<|det|>") > raw.count("<|/det|>")
-    ):
+    if "<|det|>" in raw and not raw.rstrip().endswith("<|/det|>") and raw.count("<|det|>") > raw.count("<|/det|>"):
         defects.append("unclosed <|det|> (generation cut short?)")
     return ParsedPage(tuple(blocks), tuple(dict.fromkeys(defects)))
 

@@ -61,13 +61,9 @@ def parse_pages(spec: str | None) -> tuple[tuple[int, int | None], ...] | None:
             else:
                 start = end = int(part)
         except ValueError:
-            raise UsageError(
-                f"invalid page range {part!r} in --pages {spec!r}", "use e.g. 1-3,7,10-"
-            ) from None
+            raise UsageError(f"invalid page range {part!r} in --pages {spec!r}", "use e.g. 1-3,7,10-") from None
         if start < 1 or (end is not None and end < start):
-            raise UsageError(
-                f"invalid page range {part!r} in --pages {spec!r}", "pages are 1-based, low-high"
-            )
+            raise UsageError(f"invalid page range {part!r} in --pages {spec!r}", "pages are 1-based, low-high")
         ranges.append((start, end))
     return tuple(ranges)
 

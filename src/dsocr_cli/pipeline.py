@@ -76,9 +76,7 @@ class Pipeline:
             while batcher.pending:
                 self._process(batcher.take())
         except (KeyboardInterrupt, DsocrError) as exc:
-            self.summary.interrupted = (
-                not isinstance(exc, DsocrError) or exc.exit_code == ExitCode.INTERRUPTED
-            )
+            self.summary.interrupted = not isinstance(exc, DsocrError) or exc.exit_code == ExitCode.INTERRUPTED
             for doc in list(self.open.values()):
                 doc.sink.abort()
             raise
@@ -137,14 +135,10 @@ class Pipeline:
             outputs = doc.sink.commit(fingerprint(doc.source.path), self.settings, seconds)
         except OSError as exc:
             doc.sink.abort()
-            self._record(
-                DocumentResult(doc.source, "failed", reason="output", message=_one_line(exc)), doc.sink
-            )
+            self._record(DocumentResult(doc.source, "failed", reason="output", message=_one_line(exc)), doc.sink)
             return
         pages = tuple(sorted(doc.pages, key=lambda p: p.page.index))
-        self._record(
-            DocumentResult(doc.source, "done", pages, seconds=seconds, outputs=tuple(outputs)), doc.sink
-        )
+        self._record(DocumentResult(doc.source, "done", pages, seconds=seconds, outputs=tuple(outputs)), doc.sink)
 
     def _fail(self, source: Source, reason: str, message: str) -> None:
         doc = self.open.pop(source, None)

@@ -83,9 +83,7 @@ def _render_image(source: Source, options: RenderOptions) -> Iterator[PageImage]
             frames = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
             pages = [_frame(image, i) for i in range(frames)]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(
-            f"{name}: image too large (over {Image.MAX_IMAGE_PIXELS:,} pixels)", "too-large"
-        ) from None
+        raise InputError(f"{name}: image too large (over {Image.MAX_IMAGE_PIXELS:,} pixels)", "too-large") from None
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image Pillow can read", "unsupported") from None
     except (OSError, ValueError, SyntaxError) as exc:

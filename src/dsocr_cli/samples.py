@@ -36,9 +36,7 @@ def make_pdf(path: Path, pages: int = 2, sizes: list[tuple[float, float]] | None
     return path
 
 
-def make_image(
-    path: Path, size: tuple[int, int] = (900, 600), mode: str = "RGB", text: str = "Hello dsocr"
-) -> Path:
+def make_image(path: Path, size: tuple[int, int] = (900, 600), mode: str = "RGB", text: str = "Hello dsocr") -> Path:
     """A page-like image with some text and a box, saved in the format its suffix names."""
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)

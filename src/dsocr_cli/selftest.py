@@ -57,8 +57,7 @@ def run_selftest(env: Environment, save_model: Path | None) -> ExitCode:
             "documents done": summary.count("done") == 2 and code == ExitCode.OK,
             "markdown written": all((work / "out" / s.key / "document.md").is_file() for s in sources),
             "json readable": all(
-                json.loads((work / "out" / s.key / "document.json").read_text())["page_count"] >= 1
-                for s in sources
+                json.loads((work / "out" / s.key / "document.json").read_text())["page_count"] >= 1 for s in sources
             ),
         }
         for name, ok in checks.items():

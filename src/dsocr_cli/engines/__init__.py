@@ -40,9 +40,7 @@ def register(name: str, factory: str | Callable[[EngineOptions], Engine]) -> Non
 def load_engine(options: EngineOptions) -> Engine:
     factory = FACTORIES.get(options.engine)
     if factory is None:
-        raise UsageError(
-            f"unknown engine {options.engine!r}", f"choose one of: {', '.join(sorted(FACTORIES))}"
-        )
+        raise UsageError(f"unknown engine {options.engine!r}", f"choose one of: {', '.join(sorted(FACTORIES))}")
     if isinstance(factory, str):
         module, _, func = factory.partition(":")
         factory = getattr(importlib.import_module(module), func)

@@ -29,12 +29,8 @@ def resolve_device(requested: str) -> str:
             if build
             else (f"torch {torch.__version__} is a CPU-only build")
         )
-        raise SetupError(
-            f"--device cuda: {why}", "install a CUDA build (scripts/install.sh) or use --device cpu"
-        )
-    if requested == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
+        raise SetupError(f"--device cuda: {why}", "install a CUDA build (scripts/install.sh) or use --device cpu")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise SetupError("--device mps: Apple's Metal backend is not available here", "use --device cpu")
     if requested not in ("cuda", "cpu", "mps"):
         raise UsageError(f"unknown device {requested!r}", "choose auto, cuda, cpu or mps")

@@ -122,7 +122,7 @@ def load(options: EngineOptions) -> HFEngine:
     config = _fetch(lambda: AutoConfig.from_pretrained(source, **kwargs), options)
     if getattr(config, "model_type", None) != "deepseek_ocr2":
         raise SetupError(
-            f"{options.model} is a {getattr(config, 'model_type', 'unknown')!r} checkpoint, not native DeepSeek-OCR-2",
+            f"{options.model} is a {getattr(config, 'model_type', None)!r} checkpoint, not native DeepSeek-OCR-2",
             "use --model deepseek-community/DeepSeek-OCR-2, or a remote-code engine for this checkpoint",
         )
     processor = _fetch(lambda: AutoProcessor.from_pretrained(source, **kwargs), options)
@@ -141,13 +141,9 @@ def _check_model_path(model: str) -> str:
     looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
     if looks_local:
         if not path.is_dir():
-            raise SetupError(
-                f"model folder {model} does not exist", "give a local checkpoint folder or a hub id"
-            )
+            raise SetupError(f"model folder {model} does not exist", "give a local checkpoint folder or a hub id")
         if not (path / "config.json").is_file():
-            raise SetupError(
-                f"model folder {model} has no config.json", "point --model at a checkpoint folder"
-            )
+            raise SetupError(f"model folder {model} has no config.json", "point --model at a checkpoint folder")
         return str(path)
     return model
 

@@ -13,9 +13,7 @@ def join_pages(pages: list[tuple[int, str]]) -> str:
     out = []
     for number, markdown in pages:
         out.append(
-            PAGE_SEPARATOR.format(number=number).lstrip("\n")
-            if not out
-            else PAGE_SEPARATOR.format(number=number)
+            PAGE_SEPARATOR.format(number=number).lstrip("\n") if not out else PAGE_SEPARATOR.format(number=number)
         )
         out.append(markdown.strip("\n"))
     return "".join(out).strip("\n") + "\n"
@@ -54,15 +52,11 @@ def page_record(result: PageResult, files: dict[str, str], figures: dict[int, li
         "seconds": round(pred.seconds, 4),
         "files": files,
         "defects": list(result.parsed.defects),
-        "blocks": [
-            block_record(b, page.scale, is_pdf, figures.get(b.order, [])) for b in result.parsed.blocks
-        ],
+        "blocks": [block_record(b, page.scale, is_pdf, figures.get(b.order, [])) for b in result.parsed.blocks],
     }
 
 
-def document_record(
-    source: Source, fingerprint: dict, settings: dict, pages: list[dict], seconds: float
-) -> dict:
+def document_record(source: Source, fingerprint: dict, settings: dict, pages: list[dict], seconds: float) -> dict:
     return {
         "schema": DOCUMENT_SCHEMA,
         "source": {"path": str(source.path), "kind": source.kind, "key": source.key, **fingerprint},

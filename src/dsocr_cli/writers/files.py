@@ -35,7 +35,7 @@ def write_json(path: Path, value) -> None:
 
 
 def replace_dir(staged: Path, final: Path) -> None:
-    """Move a fully written folder into place, replacing an older one as close to atomically as POSIX allows."""
+    """Move a fully written folder into place, replacing an older one about as atomically as POSIX allows."""
     final.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if final.exists():

@@ -21,10 +21,7 @@ def summary_record(summary: RunSummary, rejected: list[Rejected], settings: dict
             "message": d.message,
             "pages": len(d.pages),
             "tokens": sum(p.prediction.tokens for p in d.pages),
-            "finish": {
-                f: sum(1 for p in d.pages if p.prediction.finish == f)
-                for f in ("eos", "length", "repetition")
-            },
+            "finish": {f: sum(1 for p in d.pages if p.prediction.finish == f) for f in ("eos", "length", "repetition")},
             "seconds": round(d.seconds, 3),
             "outputs": list(d.outputs),
         }

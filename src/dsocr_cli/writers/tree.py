@@ -66,9 +66,7 @@ class DocumentFolder:
             return names[k] if k < len(names) else None
 
         markdown = to_markdown(result.parsed.blocks, link)
-        page_markdown = to_markdown(
-            result.parsed.blocks, lambda b, k: f"../{link(b, k)}" if link(b, k) else None
-        )
+        page_markdown = to_markdown(result.parsed.blocks, lambda b, k: f"../{link(b, k)}" if link(b, k) else None)
         files = {
             "markdown": f"pages/{stem}.md",
             "raw": f"pages/{stem}.raw.md",
@@ -76,9 +74,7 @@ class DocumentFolder:
         }
         write_text(self.staging / files["markdown"], page_markdown)
         write_text(self.staging / files["raw"], result.prediction.text)
-        self._save_image(
-            annotate(page.image, result.parsed.blocks), self.staging / files["annotated"], "JPEG"
-        )
+        self._save_image(annotate(page.image, result.parsed.blocks), self.staging / files["annotated"], "JPEG")
         self.pages[page.index] = docjson.page_record(result, files, links)
         self.markdown[page.index] = markdown
 
@@ -109,9 +105,7 @@ class DocumentFolder:
         order = sorted(self.pages)
         joined = docjson.join_pages([(i + 1, self.markdown[i]) for i in order])
         write_text(self.staging / "document.md", joined)
-        record = docjson.document_record(
-            self.source, fingerprint, settings, [self.pages[i] for i in order], seconds
-        )
+        record = docjson.document_record(self.source, fingerprint, settings, [self.pages[i] for i in order], seconds)
         write_json(self.staging / "document.json", record)
         self.staging.mkdir(parents=True, exist_ok=True)
         replace_dir(self.staging, self.final)
