@@ -102,7 +102,10 @@ class ConsoleEvents:
         self._started = None
 
     def rejected(self, item: Rejected) -> None:
-        log.warning("skipped %s", item.message) if item.reason == "not-a-file" else log.error("%s", item.message)
+        if item.skipped:
+            log.warning("skipped %s", item.message)
+        else:
+            log.error("%s", item.message)
 
     def model_loading(self, name: str) -> None:
         log.info("loading model %s", name)

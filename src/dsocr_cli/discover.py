@@ -37,6 +37,12 @@ def sniff(head: bytes) -> SourceKind | None:
     return None
 
 
+# What a folder walk reports when content does not match a document extension; other files are ignored.
+DOCUMENT_SUFFIXES = {".pdf", ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+# Reasons that mean "not a document, passed over" rather than "a document that failed".
+SKIP_REASONS = {"not-a-file", "outside", "broken-link"}
+
+
 @dataclass(frozen=True)
 class Rejected:
     """An argument or walked file that will not be processed, and why (one line)."""
@@ -44,6 +50,10 @@ class Rejected:
     path: Path
     reason: str
     message: str
+
+    @property
+    def skipped(self) -> bool:
+        return self.reason in SKIP_REASONS
 
 
 def read_kind(path: Path) -> SourceKind | Rejected:
@@ -90,7 +100,7 @@ def discover(args: Iterable[str], want: SourceKind | None = None) -> tuple[list[
             for file in _walk(path, rejected):
                 kind = read_kind(file)
                 if isinstance(kind, Rejected):
-                    if kind.reason != "unsupported":
+                    if kind.reason != "unsupported" or file.suffix.lower() in DOCUMENT_SUFFIXES:
                         rejected.append(kind)
                 elif want is None or kind == want:
                     found.append((file, file.relative_to(path).as_posix(), kind))
@@ -101,7 +111,7 @@ def discover(args: Iterable[str], want: SourceKind | None = None) -> tuple[list[
             else:
                 found.append((path, path.name, kind))
         else:
-            rejected.append(Rejected(path, "not-a-file", f"{_show(path)}: not a regular file (skipped)"))
+            rejected.append(Rejected(path, "not-a-file", f"{_show(path)}: not a regular file"))
     return _with_unique_keys(found), rejected
 
 
@@ -124,19 +134,19 @@ def _walk(root: Path, rejected: list[Rejected]) -> Iterator[Path]:
         for entry in entries:
             path = Path(entry.path)
             if entry.is_symlink() and not _inside(path, real_root):
-                rejected.append(Rejected(path, "outside", f"{_show(path)}: link leads outside {_show(root)} (skipped)"))
+                rejected.append(Rejected(path, "outside", f"{_show(path)}: link leads outside {_show(root)}"))
                 continue
             try:
                 st = path.stat()
             except OSError:
-                rejected.append(Rejected(path, "broken-link", f"{_show(path)}: broken link (skipped)"))
+                rejected.append(Rejected(path, "broken-link", f"{_show(path)}: broken link or link loop"))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 stack.append(path)
             elif stat.S_ISREG(st.st_mode):
                 yield path
             else:
-                rejected.append(Rejected(path, "not-a-file", f"{_show(path)}: not a regular file (skipped)"))
+                rejected.append(Rejected(path, "not-a-file", f"{_show(path)}: not a regular file"))
     return
 
 

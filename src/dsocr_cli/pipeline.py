@@ -133,7 +133,8 @@ class Pipeline:
         seconds = time.perf_counter() - doc.started
         try:
             outputs = doc.sink.commit(fingerprint(doc.source.path), self.settings, seconds)
-        except OSError as exc:
+        except Exception as exc:  # a full disk, an unwritable name: this document fails, the run goes on
+            log.debug("writing %s failed", doc.source.key, exc_info=True)
             doc.sink.abort()
             self._record(DocumentResult(doc.source, "failed", reason="output", message=_one_line(exc)), doc.sink)
             return
@@ -156,7 +157,7 @@ class Pipeline:
 def exit_code(summary: RunSummary, rejected: list[Rejected]) -> ExitCode:
     if summary.interrupted:
         return ExitCode.INTERRUPTED
-    if summary.count("failed") or rejected:
+    if summary.count("failed") or any(not r.skipped for r in rejected):
         return ExitCode.FAILED_INPUTS
     return ExitCode.OK
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dsocr_cli.errors import show_path
 from dsocr_cli.types import Block, PageResult, Source
 
 DOCUMENT_SCHEMA = "dsocr.document/1"
@@ -59,7 +60,7 @@ def page_record(result: PageResult, files: dict[str, str], figures: dict[int, li
 def document_record(source: Source, fingerprint: dict, settings: dict, pages: list[dict], seconds: float) -> dict:
     return {
         "schema": DOCUMENT_SCHEMA,
-        "source": {"path": str(source.path), "kind": source.kind, "key": source.key, **fingerprint},
+        "source": {"path": show_path(source.path), "kind": source.kind, "key": source.key, **fingerprint},
         "settings": settings,
         "page_count": len(pages),
         "seconds": round(seconds, 3),

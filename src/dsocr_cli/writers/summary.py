@@ -28,7 +28,13 @@ def summary_record(summary: RunSummary, rejected: list[Rejected], settings: dict
         for d in summary.documents
     ]
     items += [
-        {"path": show_path(r.path), "key": None, "status": "failed", "reason": r.reason, "message": r.message}
+        {
+            "path": show_path(r.path),
+            "key": None,
+            "status": "skipped" if r.skipped else "failed",
+            "reason": r.reason,
+            "message": r.message,
+        }
         for r in rejected
     ]
     return {
@@ -39,8 +45,8 @@ def summary_record(summary: RunSummary, rejected: list[Rejected], settings: dict
         "settings": settings,
         "documents": {
             "done": summary.count("done"),
-            "skipped": summary.count("skipped"),
-            "failed": summary.count("failed") + len(rejected),
+            "skipped": summary.count("skipped") + sum(1 for r in rejected if r.skipped),
+            "failed": summary.count("failed") + sum(1 for r in rejected if not r.skipped),
         },
         "pages": summary.pages,
         "tokens": summary.tokens,
