@@ -135,6 +135,8 @@ def program(
         summary.interrupted = True
     code = exit_code(summary, rejected)
     record = summary_record(summary, rejected, settings_record(options), int(code))
+    if hasattr(engine, "stats"):
+        record["engine"] = engine.stats()
     path = output.write_summary(record)
     if json_summary:
         env.data.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -60,16 +60,7 @@ class HFEngine:
             if key in inputs:
                 inputs[key] = inputs[key].to(self.dtype)
         prompt_length = inputs["input_ids"].shape[1]
-        processors = []
-        if self.options.no_repeat_ngram > 1:
-            processors.append(
-                WindowedNoRepeatNGram(
-                    self.options.no_repeat_ngram,
-                    self.options.no_repeat_window,
-                    prompt_length,
-                    self.exempt_ids,
-                )
-            )
+        processors = self.logits_processors(pages, prompt_length)
         started = time.perf_counter()
         with torch.inference_mode():
             output = self.model.generate(
@@ -83,6 +74,25 @@ class HFEngine:
         seconds = (time.perf_counter() - started) / len(pages)
         rows = output[:, prompt_length:].tolist()
         return [self._prediction(row, seconds) for row in rows]
+
+    def logits_processors(self, pages: Sequence[PageImage], prompt_length: int) -> list:
+        """Per-batch logits processors; the benchmark adds its forced lengths here."""
+        if self.options.no_repeat_ngram < 2:
+            return []
+        ngram = WindowedNoRepeatNGram(
+            self.options.no_repeat_ngram, self.options.no_repeat_window, prompt_length, self.exempt_ids
+        )
+        return [ngram]
+
+    def stats(self) -> dict:
+        """Device facts for the run summary: what ran where, and the peak memory it took."""
+        import torch
+
+        info = {"engine": self.name, "device": self.device, "dtype": str(self.dtype).replace("torch.", "")}
+        if self.device == "cuda":
+            info["gpu"] = torch.cuda.get_device_name()
+            info["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        return info
 
     def _prediction(self, row: list[int], seconds: float) -> Prediction:
         if self.eos_id in row:

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Throughput benchmark of the native engine at full size with random weights (no download).
+
+Builds DeepSeek-OCR-2's real configuration with random weights on the GPU (or reuses a folder
+written by --build), feeds page images of 0-6 tiles, forces each page's output length with a
+logits processor (EOS banned before the target, forced at it), and prints one JSON line per
+configuration: pages/s, generated tok/s, time to the first finished batch, peak GPU memory.
+
+    python scripts/bench.py --build /tmp/full            # write the random full-size checkpoint
+    python scripts/bench.py --model /tmp/full --configs seed,b16-fixed,b16-mix
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+PAGE_SIZES = [(700, 500), (1000, 800), (1500, 900), (1190, 1684), (1684, 1190), (800, 2000), (1240, 1754)]
+
+
+def full_config(tokenizer):
+    """DeepSeek-OCR-2's published sizes (DEEPSEEK_OCR.md), tokenizer ids from our small tokenizer."""
+    from transformers import DeepseekOcr2Config
+
+    return DeepseekOcr2Config(
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_config={
+            "sam_config": {
+                "hidden_size": 768,
+                "num_hidden_layers": 12,
+                "num_attention_heads": 12,
+                "global_attn_indexes": [2, 5, 8, 11],
+                "window_size": 14,
+                "image_size": 1024,
+                "patch_size": 16,
+                "output_channels": 256,
+                "downsample_channels": [512, 896],
+            },
+            "encoder_config": {
+                "hidden_size": 896,
+                "intermediate_size": 4864,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 14,
+                "num_key_value_heads": 2,
+            },
+        },
+        text_config={
+            "vocab_size": 129280,
+            "hidden_size": 1280,
+            "intermediate_size": 6848,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 10,
+            "num_key_value_heads": 10,
+            "n_routed_experts": 64,
+            "n_shared_experts": 2,
+            "num_experts_per_tok": 6,
+            "moe_intermediate_size": 896,
+            "mlp_layer_types": ["dense"] + ["sparse"] * 11,
+            "max_position_embeddings": 8192,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+    )
+
+
+def build(folder: Path) -> None:
+    import torch
+    from transformers import (
+        DeepseekOcr2ForConditionalGeneration,
+        DeepseekOcr2ImageProcessorPil,
+        DeepseekOcr2Processor,
+        GenerationConfig,
+    )
+
+    from dsocr_cli.tinymodel import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        torch.set_default_dtype(torch.bfloat16)
+        model = DeepseekOcr2ForConditionalGeneration(full_config(tokenizer)).eval()
+        torch.set_default_dtype(torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=1, pad_token_id=tokenizer.pad_token_id)
+    processor = DeepseekOcr2Processor(image_processor=DeepseekOcr2ImageProcessorPil(), tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"built": str(folder), "params": params}), flush=True)
+
+
+class ForcedLength:
+    """Bans EOS before each row's target length and forces it there: a page of known length."""
+
+    def __init__(self, lengths, prompt_length: int, eos: int):
+        import torch
+
+        self.lengths = torch.tensor(lengths)
+        self.prompt_length = prompt_length
+        self.eos = eos
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_length
+        lengths = self.lengths.to(scores.device)
+        scores[lengths > step, self.eos] = float("-inf")
+        done = lengths <= step
+        scores[done] = float("-inf")
+        scores[done, self.eos] = 0.0
+        return scores
+
+
+def make_engine_class():
+    from dsocr_cli.engines.hf import HFEngine
+
+    class BenchEngine(HFEngine):
+        lengths: dict[str, int] = {}
+
+        def logits_processors(self, pages, prompt_length):
+            forced = ForcedLength([self.lengths[p.source.key] for p in pages], prompt_length, self.eos_id)
+            return super().logits_processors(pages, prompt_length) + [forced]
+
+    return BenchEngine
+
+
+def pages_for(count: int, lengths: list[int], seed: int):
+    from PIL import Image, ImageDraw
+
+    from dsocr_cli.types import PageImage, Source
+
+    rng = random.Random(seed)
+    pages = []
+    for i in range(count):
+        w, h = PAGE_SIZES[rng.randrange(len(PAGE_SIZES))]
+        image = Image.new("RGB", (w, h), "white")
+        draw = ImageDraw.Draw(image)
+        for line in range(0, h - 40, 28):
+            draw.text((30, 20 + line), f"line {line} of page {i} " * 4, fill="black")
+        pages.append(PageImage(Source(Path(f"p{i}"), "image", f"p{i}"), 0, image))
+    return pages, {f"p{i}": lengths[i] for i in range(count)}
+
+
+def mix_lengths(count: int, seed: int) -> list[int]:
+    """Between 256 and 2,000 new tokens, mean about 1,000."""
+    rng = random.Random(seed)
+    return [min(2000, max(256, int(rng.gauss(1000, 450)))) for _ in range(count)]
+
+
+def measure(engine, pages, batch: int, name: str) -> dict:
+    import torch
+
+    from dsocr_cli.options import TASK_PROMPTS
+
+    cuda = engine.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    finishes: dict[str, int] = {}
+    for i in range(0, len(pages), batch):
+        predictions = engine.predict(pages[i : i + batch], TASK_PROMPTS["markdown"])
+        first = first or time.perf_counter() - start
+        tokens += sum(p.tokens for p in predictions)
+        for p in predictions:
+            finishes[p.finish] = finishes.get(p.finish, 0) + 1
+    seconds = time.perf_counter() - start
+    return {
+        "config": name,
+        "pages": len(pages),
+        "batch": batch,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "pages_per_s": round(len(pages) / seconds, 3),
+        "tok_per_s": round(tokens / seconds, 1),
+        "first_batch_s": round(first, 2),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "finish": finishes,
+    }
+
+
+CONFIGS = {
+    # name: (pages, batch, experts, ngram ban, HF no_repeat_ngram_size, lengths)
+    "seed": (1, 1, "eager", 0, 20, "fixed"),
+    "b1-grouped": (2, 1, "grouped_mm", 30, 0, "fixed"),
+    "b16-fixed": (32, 16, "grouped_mm", 30, 0, "fixed"),
+    "b16-mix": (64, 16, "grouped_mm", 30, 0, "mix"),
+    "b32-mix": (64, 32, "grouped_mm", 30, 0, "mix"),
+}
+
+
+def run(model: str, names: list[str], fixed: int, device: str) -> None:
+    import torch
+    import transformers
+
+    from dsocr_cli.engines.hf import load
+    from dsocr_cli.options import EngineOptions
+
+    base = load(EngineOptions(model=model, device=device, max_new_tokens=2048))
+    engine_class = make_engine_class()
+    gpu = torch.cuda.get_device_name() if device == "cuda" else None
+    print(json.dumps({"gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__}), flush=True)
+    for name in names:
+        count, batch, experts, ngram, hf_ngram, kind = CONFIGS[name]
+        lengths = [fixed] * count if kind == "fixed" else mix_lengths(count, seed=1)
+        pages, targets = pages_for(count, lengths, seed=2)
+        options = EngineOptions(
+            model=model, device=device, max_new_tokens=2048, batch_size=batch, no_repeat_ngram=ngram
+        )
+        engine = engine_class(base.model, base.processor, options, device, base.dtype)
+        engine.lengths = targets
+        engine.model.set_experts_implementation(experts if device == "cuda" else "eager")
+        engine.model.generation_config.no_repeat_ngram_size = hf_ngram or None
+        engine.predict(pages[:1], "<image>\nFree OCR. ")  # warm-up
+        print(json.dumps(measure(engine, pages, batch, name)), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", type=Path, help="write a random full-size checkpoint here and exit")
+    parser.add_argument("--model", help="checkpoint folder written by --build")
+    parser.add_argument("--configs", default="seed,b1-grouped,b16-fixed,b16-mix")
+    parser.add_argument("--fixed-tokens", type=int, default=256)
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke test on the tiny model")
+    args = parser.parse_args()
+    if args.build:
+        build(args.build)
+    if args.model:
+        run(args.model, args.configs.split(","), args.fixed_tokens, args.device)
+
+
+if __name__ == "__main__":
+    main()
