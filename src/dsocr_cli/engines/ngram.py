@@ -31,7 +31,9 @@ class WindowedNoRepeatNGram(LogitsProcessor):
         hit = (grams[:, :, :-1] == prefix).all(dim=-1)
         banned = grams[:, :, -1]
         if self.exempt.numel():
-            hit &= ~torch.isin(banned, self.exempt.to(banned.device))
+            if self.exempt.device != banned.device:  # once: a copy per step would stall the GPU
+                self.exempt = self.exempt.to(banned.device)
+            hit &= ~torch.isin(banned, self.exempt)
         vocab = scores.shape[-1]
         target = torch.where(hit, banned, torch.full_like(banned, vocab))
         mask = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
