@@ -59,45 +59,48 @@ Prompt = Annotated[str | None, typer.Option(help="A custom prompt (overrides --t
 MaxNew = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Generation limit per page.")]
 Batch = Annotated[int | None, typer.Option("--batch-size", min=1, help="Pages per batch (default: by device).")]
 Engine = Annotated[str, typer.Option(help="Inference engine.")]
+TrustRemote = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code to run (engine infer).")
+]
+Force = Annotated[bool, typer.Option("--force", help="Redo documents already done with the same settings.")]
+Searchable = Annotated[
+    bool, typer.Option("--searchable-pdf", help="Also write searchable.pdf: the input with an invisible text layer.")
+]
+LayoutPdf = Annotated[bool, typer.Option("--layout-pdf", help="Also write layout.pdf: the annotated pages.")]
+FigureDpi = Annotated[float, typer.Option("--figure-dpi", min=72, max=1200, help="DPI of PDF figure crops.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (needs -o).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr (for cron).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
 
 
-def build_options(
-    out,
-    dpi,
-    pages,
-    password,
-    model,
-    revision,
-    device,
-    dtype,
-    mode,
-    task,
-    prompt,
-    max_new_tokens,
-    batch_size,
-    engine,
-) -> Options:
-    if mode not in MODES:
-        raise UsageError(f"unknown --mode {mode!r}", f"choose one of: {', '.join(MODES)}")
-    if task not in TASK_PROMPTS:
-        raise UsageError(f"unknown --task {task!r}", f"choose one of: {', '.join(TASK_PROMPTS)}")
+def build_options(f: dict) -> Options:
+    """The command's flag values (by parameter name) -> typed, validated Options."""
+    if f["mode"] not in MODES:
+        raise UsageError(f"unknown --mode {f['mode']!r}", f"choose one of: {', '.join(MODES)}")
+    if f["task"] not in TASK_PROMPTS:
+        raise UsageError(f"unknown --task {f['task']!r}", f"choose one of: {', '.join(TASK_PROMPTS)}")
+    out = f["output"]
     return Options(
-        render=RenderOptions(dpi=dpi, pages=parse_pages(pages), password=password),
+        render=RenderOptions(dpi=f["dpi"], pages=parse_pages(f["pages"]), password=f["password"]),
         engine=EngineOptions(
-            engine=engine,
-            model=model,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            mode=mode,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
+            engine=f["engine"],
+            model=f["model"],
+            revision=f["revision"],
+            device=f["device"],
+            dtype=f["dtype"],
+            mode=f["mode"],
+            max_new_tokens=f["max_new_tokens"],
+            batch_size=f["batch_size"],
+            trust_remote_code=f["trust_remote_code"],
         ),
-        task=TaskOptions(name=task, prompt=prompt),
-        output=OutputOptions(out=None if out in (None, "-") else Path(out)),
+        task=TaskOptions(name=f["task"], prompt=f["prompt"]),
+        output=OutputOptions(
+            out=None if out in (None, "-") else Path(out),
+            force=f["force"],
+            searchable_pdf=f["searchable_pdf"],
+            layout_pdf=f["layout_pdf"],
+            figure_dpi=f["figure_dpi"],
+        ),
     )
 
 
@@ -123,7 +126,12 @@ def program(
             "no input to process" + (f" ({len(rejected)} rejected)" if rejected else ""),
             "give PDFs, images or folders holding them",
         )
-    output = TreeOutput(options.output.out) if options.output.out else StdoutOutput(env.data, sources)
+    if options.output.to_stdout and (options.output.searchable_pdf or options.output.layout_pdf):
+        raise UsageError("--searchable-pdf and --layout-pdf write files", "add -o OUT")
+    if options.output.out:
+        output = TreeOutput(options.output.out, options.output, options.render.password)
+    else:
+        output = StdoutOutput(env.data, sources)
     events.model_loading(options.engine.model)
     engine = load_engine(options.engine)
     pipeline = Pipeline(options, engine, output, events)
@@ -199,28 +207,19 @@ def _ocr_command(name: str, want, help_text: str):
         max_new_tokens: MaxNew = 8192,
         batch_size: Batch = None,
         engine: Engine = "hf",
+        trust_remote_code: TrustRemote = False,
+        force: Force = False,
+        searchable_pdf: Searchable = False,
+        layout_pdf: LayoutPdf = False,
+        figure_dpi: FigureDpi = 300.0,
         json_summary: Json = False,
         quiet: Quiet = False,
         verbose: Verbose = False,
     ) -> None:
+        flags = dict(locals())
+
         def body(env: Environment) -> ExitCode:
-            options = build_options(
-                output,
-                dpi,
-                pages,
-                password,
-                model,
-                revision,
-                device,
-                dtype,
-                mode,
-                task,
-                prompt,
-                max_new_tokens,
-                batch_size,
-                engine,
-            )
-            return program(env, paths, options, want, json_summary, quiet)
+            return program(env, paths, build_options(flags), want, json_summary, quiet)
 
         _execute(verbose, quiet, body)
 

@@ -117,6 +117,9 @@ class TaskOptions:
 class OutputOptions:
     out: Path | None = None  # None: markdown to stdout
     force: bool = False
+    searchable_pdf: bool = False  # OUT/<key>/searchable.pdf: the input with an invisible text layer
+    layout_pdf: bool = False  # OUT/<key>/layout.pdf: the annotated pages in one PDF
+    figure_dpi: float = 300.0  # PDF figures are re-rendered at this DPI for their crops
 
     @property
     def to_stdout(self) -> bool:

@@ -65,6 +65,22 @@ def _render_pdf_page(source: Source, doc, number: int, options: RenderOptions) -
     return PageImage(source, number - 1, image, dpi=72.0 * zoom, scale=zoom, page_count=doc.page_count)
 
 
+def render_region(
+    source: Source, index: int, rect_pt: tuple[float, float, float, float], dpi: float, password: str | None = None
+) -> Image.Image:
+    """A region of a PDF page (in points of the displayed page) re-rendered at `dpi`: sharp figure crops."""
+    import pymupdf
+
+    with pymupdf.open(source.path, filetype="pdf") as doc:
+        if doc.needs_pass:
+            doc.authenticate(password or "")
+        page = doc.load_page(index)
+        clip = pymupdf.Rect(rect_pt) * page.derotation_matrix
+        zoom = dpi / 72.0
+        pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), clip=clip, alpha=False, colorspace=pymupdf.csRGB)
+        return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+
+
 def _zoom_within_budget(width_pt: float, height_pt: float, options: RenderOptions) -> float:
     """Points -> pixels factor for the asked DPI, lowered so the pixmap stays under the pixel budget."""
     zoom = options.dpi / 72.0

@@ -8,6 +8,8 @@ reader never sees a half-written document and a crash leaves nothing that looks 
     OUT/<key>/pages/0001.raw.md           the model's raw output, grounding tags included
     OUT/<key>/pages/0001.jpg              the page with its layout boxes drawn
     OUT/<key>/figures/0001-01.png         figure crops, linked from the markdown
+    OUT/<key>/layout.pdf                  with --layout-pdf: the annotated pages in one PDF
+    OUT/<key>/searchable.pdf              with --searchable-pdf: the input with an invisible text layer
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from dsocr_cli.errors import SetupError, show_path
 from dsocr_cli.grounding import to_markdown
+from dsocr_cli.options import OutputOptions
+from dsocr_cli.render import render_region
 from dsocr_cli.types import Block, PageResult, Source
 from dsocr_cli.writers import document as docjson
 from dsocr_cli.writers.annotate import annotate
@@ -46,13 +50,16 @@ def prepare_out(out: Path) -> Path:
 class DocumentFolder:
     """Writes one document's files into staging as its pages arrive; `commit` moves them into place."""
 
-    def __init__(self, out: Path, source: Source):
+    def __init__(self, out: Path, source: Source, options: OutputOptions | None = None, password: str | None = None):
         self.out = out
         self.source = source
+        self.options = options or OutputOptions(out=out)
+        self.password = password
         self.final = out.joinpath(*source.key.split("/"))
         self.staging = out / STAGING / uuid.uuid4().hex
         self.pages: dict[int, dict] = {}
         self.markdown: dict[int, str] = {}
+        self.texts: dict[int, object] = {}  # PageText per page, for the searchable PDF
 
     def add_page(self, result: PageResult) -> None:
         """Write the page's markdown, raw output, annotated image and figure crops."""
@@ -77,6 +84,10 @@ class DocumentFolder:
         self._save_image(annotate(page.image, result.parsed.blocks), self.staging / files["annotated"], "JPEG")
         self.pages[page.index] = docjson.page_record(result, files, links)
         self.markdown[page.index] = markdown
+        if self.options.searchable_pdf:
+            from dsocr_cli.writers.pdf import PageText
+
+            self.texts[page.index] = PageText.from_result(result)
 
     def _crop_figures(self, result: PageResult, stem: str) -> dict[int, list[str]]:
         figures: dict[int, list[str]] = {}
@@ -87,10 +98,20 @@ class DocumentFolder:
             for box in block.boxes:
                 count += 1
                 name = f"figures/{stem}-{count:02d}.png"
-                crop = result.page.image.crop(tuple(round(v) for v in box))
-                self._save_image(crop, self.staging / name, "PNG")
+                self._save_image(self._figure(result, box), self.staging / name, "PNG")
                 figures.setdefault(block.order, []).append(name)
         return figures
+
+    def _figure(self, result: PageResult, box):
+        """PDF figures are re-rendered from the page at figure_dpi, sharper than the OCR input."""
+        page = result.page
+        if page.source.kind == "pdf" and self.options.figure_dpi > (page.dpi or 0):
+            try:
+                rect = tuple(v / page.scale for v in box)
+                return render_region(page.source, page.index, rect, self.options.figure_dpi, self.password)
+            except Exception:  # a page that rendered once but not twice: fall back to the OCR image
+                pass
+        return page.image.crop(tuple(round(v) for v in box))
 
     @staticmethod
     def _save_image(image, path: Path, fmt: str) -> None:
@@ -107,9 +128,33 @@ class DocumentFolder:
         write_text(self.staging / "document.md", joined)
         record = docjson.document_record(self.source, fingerprint, settings, [self.pages[i] for i in order], seconds)
         write_json(self.staging / "document.json", record)
+        names = ["document.md", "document.json"] + self._pdfs(order)
         self.staging.mkdir(parents=True, exist_ok=True)
         replace_dir(self.staging, self.final)
-        return [str(self.final / "document.md"), str(self.final / "document.json")]
+        return [str(self.final / name) for name in names]
+
+    def _pdfs(self, order: list[int]) -> list[str]:
+        """layout.pdf from the annotated pages written so far, searchable.pdf from the text layer."""
+        from PIL import Image
+
+        from dsocr_cli.writers import pdf
+
+        names = []
+        if self.options.layout_pdf:
+            images = []
+            for i in order:
+                with Image.open(self.staging / self.pages[i]["files"]["annotated"]) as image:
+                    images.append(image.copy())
+            dpi = self.pages[order[0]]["dpi"] or 144.0
+            write_bytes(self.staging / "layout.pdf", pdf.layout_pdf(images, dpi=dpi))
+            names.append("layout.pdf")
+        if self.options.searchable_pdf:
+            data = pdf.searchable_pdf(
+                self.source.path, self.source.kind, [self.texts[i] for i in order], password=self.password
+            )
+            write_bytes(self.staging / "searchable.pdf", data)
+            names.append("searchable.pdf")
+        return names
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -121,11 +166,13 @@ class DocumentFolder:
 class TreeOutput:
     """Output for `-o OUT`: one folder per document, summary.json at the top."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, options: OutputOptions | None = None, password: str | None = None):
         self.out = prepare_out(out)
+        self.options = options or OutputOptions(out=out)
+        self.password = password
 
     def open(self, source: Source) -> DocumentFolder:
-        return DocumentFolder(self.out, source)
+        return DocumentFolder(self.out, source, self.options, self.password)
 
     def finished(self, result, sink) -> None:
         pass
