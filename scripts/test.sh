@@ -14,6 +14,18 @@ fi
 "$VENV/bin/python" -m pip install -q torch==2.13.0
 "$VENV/bin/python" -m pip install -q -e '.[test]'
 
+# The remote-code profile: the official checkpoints' own code needs transformers 4.46.x, so its
+# engine is also tested in a second environment with that stack.
+RVENV=${DSOCR_REMOTE_VENV:-.venv-remote-test}
+if [[ ! -x $RVENV/bin/python ]]; then
+  "$PYTHON" -m venv "$RVENV"
+fi
+"$RVENV/bin/python" -m pip install -q --upgrade pip
+"$RVENV/bin/python" -m pip install -q torch==2.13.0 transformers==4.46.3 tokenizers==0.20.3 einops addict easydict \
+  pytest pillow 'pymupdf>=1.24,<2' 'numpy<2.3' typer rich tqdm safetensors huggingface_hub
+"$RVENV/bin/python" -m pip install -q --no-deps -e .
+
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$VENV/bin/python" -m ruff check src tests scripts/bench.py
+"$RVENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_infer_engine.py
 "$VENV/bin/python" -m pytest "$@"

@@ -243,6 +243,17 @@ def selftest(
     _execute(verbose, False, lambda env: run_selftest(env, save_model))
 
 
+@app.command(epilog=EXIT_CODES)
+def doctor(
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check this machine: OS, Python, torch and its CUDA build, the GPU, bf16, transformers, the model cache."""
+    from dsocr_cli.doctor import run_doctor
+
+    _execute(verbose, False, lambda env: ExitCode(run_doctor(env.data, json_output)))
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     NO_INPUT = 3  # no usable input was found at all
     SETUP = 4  # model, device or output folder unusable: nothing was processed
     INTERNAL = 5  # a bug in dsocr or a library: rerun with --verbose for the traceback
+    LOCKED = 6  # another dsocr run is writing to the same output folder
     INTERRUPTED = 130  # SIGINT/SIGTERM; what finished is kept
 
 
@@ -46,6 +47,10 @@ class SetupError(DsocrError):
     """The run cannot start: model, device, dependencies or output folder."""
 
     exit_code = ExitCode.SETUP
+
+
+class LockedError(DsocrError):
+    exit_code = ExitCode.LOCKED
 
 
 class InputError(DsocrError):

@@ -29,6 +29,9 @@ class Engine(Protocol):
 # name -> "module:function"; the function takes EngineOptions and returns a loaded Engine.
 FACTORIES: dict[str, str] = {
     "hf": "dsocr_cli.engines.hf:load",
+    "replay": "dsocr_cli.engines.replay:load",
+    "infer": "dsocr_cli.engines.infer:load",
+    "auto": "dsocr_cli.engines.infer:load_auto",
 }
 
 
