@@ -126,9 +126,9 @@ def make_engine_class():
     class BenchEngine(HFEngine):
         lengths: dict[str, int] = {}
 
-        def logits_processors(self, pages, prompt_length):
+        def logits_processors(self, pages, prompt_length, strict=False):
             forced = ForcedLength([self.lengths[p.source.key] for p in pages], prompt_length, self.eos_id)
-            return super().logits_processors(pages, prompt_length) + [forced]
+            return super().logits_processors(pages, prompt_length, strict) + [forced]
 
     return BenchEngine
 
@@ -189,7 +189,8 @@ def measure(engine, pages, batch: int, name: str) -> dict:
         "tok_per_s": round(tokens / seconds, 1),
         "first_batch_s": round(first, 2),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "finish": finishes, "batch_seconds": batches,
+        "finish": finishes,
+        "batch_seconds": batches,
     }
 
 

@@ -33,7 +33,7 @@ log = logging.getLogger("dsocr")
 
 EXIT_CODES = """Exit codes: 0 all inputs done · 1 some inputs failed (the rest done) · 2 usage error ·
 3 no usable input · 4 setup error before any page (model, device, output folder) ·
-5 internal error · 130 interrupted (SIGINT/SIGTERM)."""
+5 internal error · 6 another run holds the output folder · 130 interrupted (SIGINT/SIGTERM)."""
 
 app = typer.Typer(
     name="dsocr",
@@ -63,6 +63,10 @@ TrustRemote = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code to run (engine infer).")
 ]
 Force = Annotated[bool, typer.Option("--force", help="Redo documents already done with the same settings.")]
+Retry = Annotated[
+    bool, typer.Option("--retry/--no-retry", help="Retry once a page that loops or hits --max-new-tokens.")
+]
+Wait = Annotated[bool, typer.Option("--wait", help="If another run holds OUT, wait for it instead of exiting 6.")]
 Searchable = Annotated[
     bool, typer.Option("--searchable-pdf", help="Also write searchable.pdf: the input with an invisible text layer.")
 ]
@@ -92,11 +96,13 @@ def build_options(f: dict) -> Options:
             max_new_tokens=f["max_new_tokens"],
             batch_size=f["batch_size"],
             trust_remote_code=f["trust_remote_code"],
+            retry_unfinished=f["retry"],
         ),
         task=TaskOptions(name=f["task"], prompt=f["prompt"]),
         output=OutputOptions(
             out=None if out in (None, "-") else Path(out),
             force=f["force"],
+            wait=f["wait"],
             searchable_pdf=f["searchable_pdf"],
             layout_pdf=f["layout_pdf"],
             figure_dpi=f["figure_dpi"],
@@ -110,9 +116,7 @@ def program(
     """Run dsocr on `paths`; raises DsocrError for setup problems, returns the exit code otherwise."""
     from dsocr_cli.discover import discover, expand_arguments
     from dsocr_cli.engines import load_engine
-    from dsocr_cli.pipeline import Pipeline, exit_code
     from dsocr_cli.writers.stdout import StdoutOutput
-    from dsocr_cli.writers.summary import summary_record
     from dsocr_cli.writers.tree import TreeOutput
 
     if json_summary and options.output.to_stdout:
@@ -132,8 +136,18 @@ def program(
         output = TreeOutput(options.output.out, options.output, options.render.password)
     else:
         output = StdoutOutput(env.data, sources)
-    events.model_loading(options.engine.model)
-    engine = load_engine(options.engine)
+    try:
+        events.model_loading(options.engine.model)
+        engine = load_engine(options.engine)
+        return _run_pipeline(env, options, engine, output, events, sources, rejected, json_summary)
+    finally:
+        output.close()
+
+
+def _run_pipeline(env, options, engine, output, events, sources, rejected, json_summary) -> ExitCode:
+    from dsocr_cli.pipeline import Pipeline, exit_code
+    from dsocr_cli.writers.summary import summary_record
+
     pipeline = Pipeline(options, engine, output, events)
     events.run_started(len(sources))
     try:
@@ -209,6 +223,8 @@ def _ocr_command(name: str, want, help_text: str):
         engine: Engine = "hf",
         trust_remote_code: TrustRemote = False,
         force: Force = False,
+        retry: Retry = True,
+        wait: Wait = False,
         searchable_pdf: Searchable = False,
         layout_pdf: LayoutPdf = False,
         figure_dpi: FigureDpi = 300.0,

@@ -74,6 +74,7 @@ class RenderOptions:
     pages: tuple[tuple[int, int | None], ...] | None = None
     password: str | None = None
     max_pixels: int = 40_000_000  # a page larger than this at the asked DPI is rendered smaller
+    timeout: float = 120.0  # seconds a page may take to render before its document fails
 
     def wants(self, number: int) -> bool:
         if self.pages is None:
@@ -94,6 +95,7 @@ class EngineOptions:
     trust_remote_code: bool = False
     no_repeat_ngram: int = 30
     no_repeat_window: int = 90
+    retry_unfinished: bool = True  # retry once, strictly, a page that looped or hit the token limit
 
     @property
     def resolution(self) -> Mode:
@@ -116,7 +118,8 @@ class TaskOptions:
 @dataclass(frozen=True)
 class OutputOptions:
     out: Path | None = None  # None: markdown to stdout
-    force: bool = False
+    force: bool = False  # redo documents already done with the same input and settings
+    wait: bool = False  # queue behind another run holding OUT instead of exiting
     searchable_pdf: bool = False  # OUT/<key>/searchable.pdf: the input with an invisible text layer
     layout_pdf: bool = False  # OUT/<key>/layout.pdf: the annotated pages in one PDF
     figure_dpi: float = 300.0  # PDF figures are re-rendered at this DPI for their crops

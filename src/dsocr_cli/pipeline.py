@@ -33,6 +33,7 @@ class DocumentSink(Protocol):
 
 
 class Output(Protocol):
+    def is_done(self, source: Source, settings: dict) -> bool: ...
     def open(self, source: Source) -> DocumentSink: ...
     def finished(self, result: DocumentResult, sink: DocumentSink) -> None: ...
 
@@ -60,7 +61,7 @@ class Pipeline:
         started = time.perf_counter()
         batcher = Batcher(self.engine.batch_size)
         try:
-            for item in page_stream(sources, self.options.render):
+            for item in page_stream(self._to_do(sources), self.options.render):
                 if isinstance(item, PageImage):
                     if item.source in self.open:
                         batch = batcher.add(item)
@@ -85,6 +86,16 @@ class Pipeline:
             self.events.run_finished()
         return self.summary
 
+    def _to_do(self, sources: Sequence[Source]):
+        """Sources not already done with the same input and settings (resume); the rest are skipped."""
+        for source in sources:
+            if self.output.is_done(source, self.settings):
+                result = DocumentResult(source, "skipped", reason="done", message="already done with these settings")
+                self.summary.documents.append(result)
+                self.events.document_finished(result)
+            else:
+                yield source
+
     def _start(self, source: Source) -> None:
         self.open[source] = _OpenDocument(source, self.output.open(source), time.perf_counter())
         self.events.document_started(source)
@@ -97,7 +108,7 @@ class Pipeline:
 
     def _process(self, batch: list[PageImage]) -> None:
         prompt = self.options.task.text
-        predicted = self._predict(batch, prompt)
+        predicted = self._retry_unfinished(self._predict(batch, prompt), prompt)
         self.events.pages_done([p for _, p in predicted if isinstance(p, Prediction)])
         for page, prediction in predicted:
             doc = self.open.get(page.source)
@@ -112,10 +123,25 @@ class Pipeline:
             doc.pages.append(PageResult(dataclasses.replace(page, image=None), prediction, parsed))
             self._maybe_commit(doc)
 
-    def _predict(self, batch: list[PageImage], prompt: str) -> list[tuple[PageImage, Prediction | Exception]]:
+    def _retry_unfinished(self, predicted: list, prompt: str) -> list:
+        """Pages that looped or hit the token limit get one strict retry; the retry's result is
+        kept (and marked), never the first attempt passed off as fine."""
+        unfinished = [page for page, p in predicted if isinstance(p, Prediction) and p.finish != "eos"]
+        if not unfinished or not self.options.engine.retry_unfinished:
+            return predicted
+        log.info("retrying %d page(s) that did not finish, with stricter repetition control", len(unfinished))
+        again = dict(self._predict(unfinished, prompt, strict=True))
+        return [
+            (page, dataclasses.replace(again[page], attempts=2) if isinstance(again.get(page), Prediction) else p)
+            for page, p in predicted
+        ]
+
+    def _predict(
+        self, batch: list[PageImage], prompt: str, strict: bool = False
+    ) -> list[tuple[PageImage, Prediction | Exception]]:
         """Predict a batch; when it fails, split it, so that only a page failing alone is lost."""
         try:
-            return list(zip(batch, self.engine.predict(batch, prompt), strict=True))
+            return list(zip(batch, self.engine.predict(batch, prompt, strict=strict), strict=True))
         except (DsocrError, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -124,7 +150,7 @@ class Pipeline:
                 return [(batch[0], exc)]
             log.warning("a batch of %d pages failed (%s); retrying in halves", len(batch), _one_line(exc))
             half = len(batch) // 2
-            return self._predict(batch[:half], prompt) + self._predict(batch[half:], prompt)
+            return self._predict(batch[:half], prompt, strict) + self._predict(batch[half:], prompt, strict)
 
     def _maybe_commit(self, doc: _OpenDocument) -> None:
         if doc.expected is None or len(doc.pages) < doc.expected:

@@ -52,6 +52,7 @@ class Prediction:
     tokens: int
     finish: FinishReason
     seconds: float
+    attempts: int = 1  # 2 when the page was retried after looping or hitting the token limit
 
 
 @dataclass(frozen=True)

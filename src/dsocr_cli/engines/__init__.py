@@ -21,8 +21,9 @@ class Engine(Protocol):
     device: str
     batch_size: int  # how many pages one predict call takes at most
 
-    def predict(self, pages: Sequence[PageImage], prompt: str) -> list[Prediction]:
-        """One Prediction per page, in the order given."""
+    def predict(self, pages: Sequence[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
+        """One Prediction per page, in the order given. `strict`: a retry of pages that looped or
+        hit the token limit, with stronger repetition control where the engine has any."""
         ...
 
 

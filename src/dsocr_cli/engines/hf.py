@@ -45,7 +45,7 @@ class HFEngine:
         self.strip_tokens = [t for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) if t]
         self.image_kwargs = mode_kwargs(options.mode, processor)
 
-    def predict(self, pages: Sequence[PageImage], prompt: str) -> list[Prediction]:
+    def predict(self, pages: Sequence[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
         import torch
 
         inputs = self.processor(
@@ -60,10 +60,22 @@ class HFEngine:
             if key in inputs:
                 inputs[key] = inputs[key].to(self.dtype)
         prompt_length = inputs["input_ids"].shape[1]
-        processors = self.logits_processors(pages, prompt_length)
+        processors = self.logits_processors(pages, prompt_length, strict)
         started = time.perf_counter()
+        try:
+            output = self._generate(inputs, processors)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()  # the caller splits the batch and tries again
+            raise
+        seconds = (time.perf_counter() - started) / len(pages)
+        rows = output[:, prompt_length:].tolist()
+        return [self._prediction(row, seconds) for row in rows]
+
+    def _generate(self, inputs: dict, processors: list):
+        import torch
+
         with torch.inference_mode():
-            output = self.model.generate(
+            return self.model.generate(
                 **inputs,
                 max_new_tokens=self.options.max_new_tokens,
                 do_sample=False,
@@ -71,18 +83,17 @@ class HFEngine:
                 pad_token_id=self.pad_id,
                 logits_processor=processors,
             )
-        seconds = (time.perf_counter() - started) / len(pages)
-        rows = output[:, prompt_length:].tolist()
-        return [self._prediction(row, seconds) for row in rows]
 
-    def logits_processors(self, pages: Sequence[PageImage], prompt_length: int) -> list:
-        """Per-batch logits processors; the benchmark adds its forced lengths here."""
-        if self.options.no_repeat_ngram < 2:
+    def logits_processors(self, pages: Sequence[PageImage], prompt_length: int, strict: bool = False) -> list:
+        """Per-batch logits processors; the benchmark adds its forced lengths here. A strict retry
+        bans shorter n-grams over a longer window: loops that slipped through are broken."""
+        n, window = self.options.no_repeat_ngram, self.options.no_repeat_window
+        if strict:
+            n = 20 if n < 2 else min(n, 20)
+            window = max(window, 256)
+        if n < 2:
             return []
-        ngram = WindowedNoRepeatNGram(
-            self.options.no_repeat_ngram, self.options.no_repeat_window, prompt_length, self.exempt_ids
-        )
-        return [ngram]
+        return [WindowedNoRepeatNGram(n, window, prompt_length, self.exempt_ids)]
 
     def stats(self) -> dict:
         """Device facts for the run summary: what ran where, and the peak memory it took."""

@@ -246,7 +246,7 @@ class InferEngine:
         self._generated: list[int] | None = None
         _watch_generate(model, options.max_new_tokens, self._record)
 
-    def predict(self, pages: Sequence[PageImage], prompt: str) -> list[Prediction]:
+    def predict(self, pages: Sequence[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
         return [self._predict_page(page, prompt) for page in pages]
 
     def stats(self) -> dict:

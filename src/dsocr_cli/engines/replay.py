@@ -24,7 +24,7 @@ class ReplayEngine:
         self.folder = folder
         self.batch_size = batch_size
 
-    def predict(self, pages: Sequence[PageImage], prompt: str) -> list[Prediction]:
+    def predict(self, pages: Sequence[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
         return [self._one(page) for page in pages]
 
     def _one(self, page: PageImage) -> Prediction:

@@ -50,6 +50,7 @@ def page_record(result: PageResult, files: dict[str, str], figures: dict[int, li
         "scale": page.scale,
         "finish": pred.finish,
         "tokens": pred.tokens,
+        "attempts": pred.attempts,
         "seconds": round(pred.seconds, 4),
         "files": files,
         "defects": list(result.parsed.defects),

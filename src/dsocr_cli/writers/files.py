@@ -35,11 +35,13 @@ def write_json(path: Path, value) -> None:
 
 
 def replace_dir(staged: Path, final: Path) -> None:
-    """Move a fully written folder into place, replacing an older one about as atomically as POSIX allows."""
+    """Move a fully written folder into place. An older one is first moved beside `staged` (the
+    staging area, which the next run clears), so a crash between the renames leaves no debris
+    in the tree: at worst the document is missing and the next run redoes it."""
     final.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        old = staged.with_name(staged.name + ".old")
         os.replace(final, old)
     os.replace(staged, final)
     if old is not None:

@@ -63,5 +63,11 @@ class StdoutOutput:
     def finished(self, result, sink: DocumentText) -> None:
         self.printer.finished(result.source.key, sink.text() if result.status == "done" else None)
 
+    def is_done(self, source: Source, settings: dict) -> bool:
+        return False
+
     def write_summary(self, record: dict) -> None:
         return None
+
+    def close(self) -> None:
+        pass

@@ -14,6 +14,7 @@ reader never sees a half-written document and a crash leaves nothing that looks 
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -21,17 +22,18 @@ from pathlib import Path
 from dsocr_cli.errors import SetupError, show_path
 from dsocr_cli.grounding import to_markdown
 from dsocr_cli.options import OutputOptions
-from dsocr_cli.render import render_region
+from dsocr_cli.render import fingerprint, render_region
 from dsocr_cli.types import Block, PageResult, Source
 from dsocr_cli.writers import document as docjson
 from dsocr_cli.writers.annotate import annotate
 from dsocr_cli.writers.files import replace_dir, write_bytes, write_json, write_text
+from dsocr_cli.writers.lock import OutputLock
 
 STAGING = ".dsocr-staging"
 
 
 def prepare_out(out: Path) -> Path:
-    """Fail before the model loads if OUT is a file or cannot be written; clear stale staging."""
+    """Fail before the model loads if OUT is a file or cannot be written."""
     if out.exists() and not out.is_dir():
         raise SetupError(f"output {show_path(out)} is a file, not a folder", "choose another -o")
     try:
@@ -43,8 +45,32 @@ def prepare_out(out: Path) -> Path:
         raise SetupError(
             f"output folder {show_path(out)} is not writable ({exc.strerror})", "choose another -o"
         ) from None
-    shutil.rmtree(out / STAGING, ignore_errors=True)
     return out
+
+
+def clear_debris(out: Path) -> None:
+    """What a killed run left: its staging area and half-written top-level files. Only safe under the lock."""
+    shutil.rmtree(out / STAGING, ignore_errors=True)
+    for leftover in out.glob(".tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+
+def is_done(folder: Path, source: Source, settings: dict) -> bool:
+    """A document is done when its folder holds a document.json for the same input and settings."""
+    try:
+        record = json.loads((folder / "document.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if record.get("schema") != docjson.DOCUMENT_SCHEMA or record.get("settings") != settings:
+        return False
+    recorded = record.get("source", {})
+    try:
+        st = source.path.stat()
+    except OSError:
+        return False
+    if recorded.get("bytes") != st.st_size:
+        return False
+    return recorded.get("mtime") == st.st_mtime or recorded.get("sha256") == fingerprint(source.path)["sha256"]
 
 
 class DocumentFolder:
@@ -170,6 +196,14 @@ class TreeOutput:
         self.out = prepare_out(out)
         self.options = options or OutputOptions(out=out)
         self.password = password
+        self.lock = OutputLock(self.out, wait=self.options.wait).acquire()
+        clear_debris(self.out)
+
+    def is_done(self, source: Source, settings: dict) -> bool:
+        return not self.options.force and is_done(self.out.joinpath(*source.key.split("/")), source, settings)
+
+    def close(self) -> None:
+        self.lock.release()
 
     def open(self, source: Source) -> DocumentFolder:
         return DocumentFolder(self.out, source, self.options, self.password)
