@@ -121,10 +121,37 @@ class ForcedLength:
 
 
 def make_engine_class():
+    import torch
+
+    from dsocr_cli.engines.decode import SlotDecoder
     from dsocr_cli.engines.hf import HFEngine
+
+    class BenchDecoder(SlotDecoder):
+        """Forced lengths in the continuous-batching decoder: EOS banned before, forced at, the target."""
+
+        lengths: dict[str, int] = {}
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.targets = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+
+        def _admit(self, lane, prefill, item):
+            slot = super()._admit(lane, prefill, item)
+            self.targets[lane] = self.lengths[item.source.key]
+            return slot
+
+        def adjust(self, logits):
+            logits = super().adjust(logits)
+            eos_column = torch.where(self.targets > self.generated, float("-inf"), logits[:, self.eos])
+            logits = logits.clone()
+            logits[:, self.eos] = eos_column
+            forced = torch.full_like(logits, float("-inf"))
+            forced[:, self.eos] = 0.0
+            return torch.where((self.targets <= self.generated)[:, None], forced, logits)
 
     class BenchEngine(HFEngine):
         lengths: dict[str, int] = {}
+        decoder_class = BenchDecoder
 
         def logits_processors(self, pages, prompt_length, strict=False):
             forced = ForcedLength([self.lengths[p.source.key] for p in pages], prompt_length, self.eos_id)
@@ -154,6 +181,42 @@ def mix_lengths(count: int, seed: int) -> list[int]:
     """Between 256 and 2,000 new tokens, mean about 1,000."""
     rng = random.Random(seed)
     return [min(2000, max(256, int(rng.gauss(1000, 450)))) for _ in range(count)]
+
+
+def smoke_lengths(lengths: list[int], cap: int | None) -> list[int]:
+    return [min(v, cap) for v in lengths] if cap else lengths
+
+
+def measure_stream(engine, pages, name: str) -> dict:
+    """Continuous batching: all pages offered at once, slots refilled as pages finish."""
+    import torch
+
+    from dsocr_cli.options import TASK_PROMPTS
+
+    cuda = engine.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    first, tokens, finishes = None, 0, {}
+    for _, prediction in engine.stream(iter(pages), TASK_PROMPTS["markdown"]):
+        first = first or time.perf_counter() - start
+        tokens += prediction.tokens
+        finishes[prediction.finish] = finishes.get(prediction.finish, 0) + 1
+    seconds = time.perf_counter() - start
+    return {
+        "config": name,
+        "pages": len(pages),
+        "slots": engine.decoder.slots,
+        "graph": engine.decoder.graph is not None,
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "pages_per_s": round(len(pages) / seconds, 3),
+        "tok_per_s": round(tokens / seconds, 1),
+        "first_page_s": round(first, 2),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "finish": finishes,
+    }
 
 
 def measure(engine, pages, batch: int, name: str) -> dict:
@@ -195,17 +258,43 @@ def measure(engine, pages, batch: int, name: str) -> dict:
 
 
 CONFIGS = {
-    # name: (pages, batch, experts, ngram ban, HF no_repeat_ngram_size, lengths)
-    "seed": (1, 1, "eager", 0, 20, "fixed"),
-    "b1-grouped": (2, 1, "grouped_mm", 30, 0, "fixed"),
-    "b16-fixed": (32, 16, "grouped_mm", 30, 0, "fixed"),
-    "b16-mix": (64, 16, "grouped_mm", 30, 0, "mix"),
-    "b32-mix": (64, 32, "grouped_mm", 30, 0, "mix"),
-    "b64-mix": (64, 64, "grouped_mm", 30, 0, "mix"),
+    # name: (pages, batch or slots, experts, ngram ban, HF no_repeat_ngram_size, lengths, decoder)
+    "seed": (1, 1, "eager", 0, 20, "fixed", "generate"),
+    "b1-grouped": (2, 1, "grouped_mm", 30, 0, "fixed", "generate"),
+    "b16-fixed": (32, 16, "grouped_mm", 30, 0, "fixed", "generate"),
+    "b16-mix": (64, 16, "grouped_mm", 30, 0, "mix", "generate"),
+    "b32-mix": (64, 32, "grouped_mm", 30, 0, "mix", "generate"),
+    "slots32-mix": (128, 32, "grouped_mm", 30, 0, "mix", "slots"),
+    "slots64-mix": (128, 64, "grouped_mm", 30, 0, "mix", "slots"),
+    "slots96-mix": (192, 96, "grouped_mm", 30, 0, "mix", "slots"),
+    "slots-auto-mix": (128, None, "grouped_mm", 30, 0, "mix", "slots"),
 }
 
 
-def run(model: str, names: list[str], fixed: int, device: str) -> None:
+def identity(engine_class, base, device: str, count: int, tokens: int) -> dict:
+    """How many pages decode to the same tokens continuously batched as one at a time (generate)."""
+    from dsocr_cli.engines.hf import HFEngine  # noqa: F401  (the class is the base of engine_class)
+    from dsocr_cli.options import TASK_PROMPTS, EngineOptions
+
+    pages, targets = pages_for(count, [tokens] * count, seed=3)
+    options = EngineOptions(model="bench", device=device, max_new_tokens=tokens + 1, decoder="slots")
+    engine = engine_class(base.model, base.processor, options, device, base.dtype)
+    engine.lengths = engine.decoder_class.lengths = targets
+    prompt = TASK_PROMPTS["markdown"]
+    single = {p.source.key: engine.predict([p], prompt)[0].text for p in pages}
+    streamed = {p.source.key: pred.text for p, pred in engine.stream(iter(pages), prompt)}
+    same = sum(single[k] == streamed[k] for k in single)
+    return {
+        "config": "identity",
+        "pages": count,
+        "tokens_per_page": tokens,
+        "identical": same,
+        "share": round(same / count, 3),
+        "slots": engine.decoder.slots,
+    }
+
+
+def run(model: str, names: list[str], fixed: int, device: str, count_override: int | None = None) -> None:
     import torch
     import transformers
 
@@ -217,18 +306,31 @@ def run(model: str, names: list[str], fixed: int, device: str) -> None:
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
     print(json.dumps({"gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__}), flush=True)
     for name in names:
-        count, batch, experts, ngram, hf_ngram, kind = CONFIGS[name]
-        lengths = [fixed] * count if kind == "fixed" else mix_lengths(count, seed=1)
+        if name == "identity":
+            print(json.dumps(identity(engine_class, base, device, count_override or 64, 48)), flush=True)
+            continue
+        count, batch, experts, ngram, hf_ngram, kind, decoder = CONFIGS[name]
+        count = count_override or count
+        lengths = (
+            [fixed] * count if kind == "fixed" else smoke_lengths(mix_lengths(count, seed=1), count_override and fixed)
+        )
         pages, targets = pages_for(count, lengths, seed=2)
         options = EngineOptions(
             model=model, device=device, max_new_tokens=2048, batch_size=batch, no_repeat_ngram=ngram
         )
         engine = engine_class(base.model, base.processor, options, device, base.dtype)
         engine.lengths = targets
+        engine.decoder_class.lengths = targets
         engine.model.set_experts_implementation(experts if device == "cuda" else "eager")
         engine.model.generation_config.no_repeat_ngram_size = hf_ngram or None
         engine.predict(pages[:1], "<image>\nFree OCR. ")  # warm-up
-        print(json.dumps(measure(engine, pages, batch, name)), flush=True)
+        if decoder == "slots":
+            list(engine.stream(iter(pages[:2]), "<image>\nFree OCR. "))  # warm-up: capture the graph
+            result = measure_stream(engine, pages, name)
+        else:
+            result = measure(engine, pages, batch, name)
+        print(json.dumps(result), flush=True)
+        del engine
 
 
 def main() -> None:
@@ -238,11 +340,12 @@ def main() -> None:
     parser.add_argument("--configs", default="seed,b1-grouped,b16-fixed,b16-mix")
     parser.add_argument("--fixed-tokens", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test on the tiny model")
+    parser.add_argument("--pages", type=int, help="override each configuration's page count (smoke tests)")
     args = parser.parse_args()
     if args.build:
         build(args.build)
     if args.model:
-        run(args.model, args.configs.split(","), args.fixed_tokens, args.device)
+        run(args.model, args.configs.split(","), args.fixed_tokens, args.device, args.pages)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,24 @@ def test_base_mode_uses_the_global_view_only(tiny_model):
     assert int(inputs["num_local_patches"][0]) == 0
     (prediction,) = engine.predict([noise_page(0, 1600, 1200, 1)], TASK_PROMPTS["free"])
     assert prediction.tokens == 4
+
+
+def test_continuous_batching_equals_page_at_a_time(tiny_model):
+    """Two slots, six pages that end at different steps: each page's tokens equal generate's."""
+    import torch
+
+    engine = load_engine(
+        EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=40, batch_size=2)
+    )
+    with torch.no_grad():
+        engine.model.lm_head.weight[engine.eos_id] *= 4.0  # make EOS likely, so pages end early and apart
+    sizes = [(300, 200), (1400, 1000), (800, 2000), (500, 500), (900, 700), (640, 480)]
+    pages = [noise_page(i, w, h, seed=i) for i, (w, h) in enumerate(sizes)]
+    prompt = TASK_PROMPTS["markdown"]
+    reference = {p.source.key: engine.predict([p], prompt)[0] for p in pages}
+    streamed = {page.source.key: prediction for page, prediction in engine.stream(iter(pages), prompt)}
+    assert {k: (p.text, p.tokens, p.finish) for k, p in streamed.items()} == {
+        k: (p.text, p.tokens, p.finish) for k, p in reference.items()
+    }
+    assert len({p.tokens for p in reference.values()}) >= 3, "pages must end at different steps"
+    assert {p.finish for p in reference.values()} == {"eos", "length"}

@@ -63,6 +63,13 @@ TrustRemote = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code to run (engine infer).")
 ]
 Force = Annotated[bool, typer.Option("--force", help="Redo documents already done with the same settings.")]
+Decoder = Annotated[
+    str,
+    typer.Option(
+        help="slots: continuous batching (finished pages free their slot at once); generate: transformers' "
+        "generate per batch."
+    ),
+]
 Retry = Annotated[
     bool, typer.Option("--retry/--no-retry", help="Retry once a page that loops or hits --max-new-tokens.")
 ]
@@ -81,6 +88,8 @@ def build_options(f: dict) -> Options:
     """The command's flag values (by parameter name) -> typed, validated Options."""
     if f["mode"] not in MODES:
         raise UsageError(f"unknown --mode {f['mode']!r}", f"choose one of: {', '.join(MODES)}")
+    if f["decoder"] not in ("slots", "generate"):
+        raise UsageError(f"unknown --decoder {f['decoder']!r}", "choose slots or generate")
     if f["task"] not in TASK_PROMPTS:
         raise UsageError(f"unknown --task {f['task']!r}", f"choose one of: {', '.join(TASK_PROMPTS)}")
     out = f["output"]
@@ -97,6 +106,7 @@ def build_options(f: dict) -> Options:
             batch_size=f["batch_size"],
             trust_remote_code=f["trust_remote_code"],
             retry_unfinished=f["retry"],
+            decoder=f["decoder"],
         ),
         task=TaskOptions(name=f["task"], prompt=f["prompt"]),
         output=OutputOptions(
@@ -224,6 +234,7 @@ def _ocr_command(name: str, want, help_text: str):
         trust_remote_code: TrustRemote = False,
         force: Force = False,
         retry: Retry = True,
+        decoder: Decoder = "slots",
         wait: Wait = False,
         searchable_pdf: Searchable = False,
         layout_pdf: LayoutPdf = False,

@@ -95,6 +95,7 @@ class EngineOptions:
     trust_remote_code: bool = False
     no_repeat_ngram: int = 30
     no_repeat_window: int = 90
+    decoder: str = "slots"  # slots: continuous batching; generate: transformers' generate per batch
     retry_unfinished: bool = True  # retry once, strictly, a page that looped or hit the token limit
 
     @property

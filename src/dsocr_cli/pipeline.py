@@ -59,23 +59,11 @@ class Pipeline:
 
     def run(self, sources: Sequence[Source]) -> RunSummary:
         started = time.perf_counter()
-        batcher = Batcher(self.engine.batch_size)
         try:
-            for item in page_stream(self._to_do(sources), self.options.render):
-                if isinstance(item, PageImage):
-                    if item.source in self.open:
-                        batch = batcher.add(item)
-                        if batch:
-                            self._process(batch)
-                elif isinstance(item, Started):
-                    self._start(item.source)
-                elif isinstance(item, Rendered):
-                    self._rendered(item.source, item.pages)
-                elif isinstance(item, Failed):
-                    batcher.drop(item.source)
-                    self._fail(item.source, item.error.reason, item.error.one_line())
-            while batcher.pending:
-                self._process(batcher.take())
+            if getattr(self.engine, "continuous", False):
+                self._run_continuous(sources)
+            else:
+                self._run_batches(sources)
         except (KeyboardInterrupt, DsocrError) as exc:
             self.summary.interrupted = not isinstance(exc, DsocrError) or exc.exit_code == ExitCode.INTERRUPTED
             for doc in list(self.open.values()):
@@ -85,6 +73,38 @@ class Pipeline:
             self.summary.seconds = time.perf_counter() - started
             self.events.run_finished()
         return self.summary
+
+    def _run_batches(self, sources: Sequence[Source]) -> None:
+        """Pages collected into batches for `predict`; a failed document's pages are dropped."""
+        batcher = Batcher(self.engine.batch_size)
+        for page in self._pages(sources, on_failed=batcher.drop):
+            batch = batcher.add(page)
+            if batch:
+                self._process(batch)
+        while batcher.pending:
+            self._process(batcher.take())
+
+    def _run_continuous(self, sources: Sequence[Source]) -> None:
+        """The engine pulls pages as its slots free up and hands each back when it ends."""
+        prompt = self.options.task.text
+        for page, prediction in self.engine.stream(self._pages(sources), prompt):
+            self.events.pages_done([prediction] if isinstance(prediction, Prediction) else [])
+            self._handle(self._retry_unfinished([(page, prediction)], prompt))
+
+    def _pages(self, sources: Sequence[Source], on_failed=None):
+        """The pages of open documents, acting on each document's start, end and failure on the way."""
+        for item in page_stream(self._to_do(sources), self.options.render):
+            if isinstance(item, PageImage):
+                if item.source in self.open:
+                    yield item
+            elif isinstance(item, Started):
+                self._start(item.source)
+            elif isinstance(item, Rendered):
+                self._rendered(item.source, item.pages)
+            elif isinstance(item, Failed):
+                if on_failed:
+                    on_failed(item.source)
+                self._fail(item.source, item.error.reason, item.error.one_line())
 
     def _to_do(self, sources: Sequence[Source]):
         """Sources not already done with the same input and settings (resume); the rest are skipped."""
@@ -110,6 +130,10 @@ class Pipeline:
         prompt = self.options.task.text
         predicted = self._retry_unfinished(self._predict(batch, prompt), prompt)
         self.events.pages_done([p for _, p in predicted if isinstance(p, Prediction)])
+        self._handle(predicted)
+
+    def _handle(self, predicted: list[tuple[PageImage, Prediction | Exception]]) -> None:
+        """Parse each page's output and hand it to its document; commit documents that are whole."""
         for page, prediction in predicted:
             doc = self.open.get(page.source)
             if doc is None:

@@ -17,6 +17,9 @@ from dsocr_cli.types import PageImage, Prediction
 
 
 class Engine(Protocol):
+    """`predict` is the contract. An engine that batches continuously also sets `continuous` and
+    offers `stream(pages, prompt)`, yielding (page, Prediction or exception) as pages finish."""
+
     name: str
     device: str
     batch_size: int  # how many pages one predict call takes at most

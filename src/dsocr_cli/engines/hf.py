@@ -8,8 +8,9 @@ experts on CUDA, and the windowed n-gram ban in place of transformers' per-step 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from dsocr_cli.engines.device import resolve_device, resolve_dtype
@@ -23,10 +24,12 @@ log = logging.getLogger(__name__)
 # Table cell tags repeat legitimately; never ban them (DEEPSEEK_OCR.md).
 EXEMPT_TOKENS = ("<td>", "</td>")
 NATIVE_MODES = ("tiled", "base")
+TASK_PROMPT_GUESS = "<image>\n<|grounding|>Convert the document to markdown. "
 
 
 class HFEngine:
     name = "hf"
+    decoder_class = None  # SlotDecoder unless a subclass (the benchmark) brings its own
 
     def __init__(self, model, processor, options: EngineOptions, device: str, dtype):
         self.model = model
@@ -44,10 +47,64 @@ class HFEngine:
         )
         self.strip_tokens = [t for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) if t]
         self.image_kwargs = mode_kwargs(options.mode, processor)
+        self.decoder = None  # the continuous-batching decoder, built on first use
+        self.continuous = options.decoder == "slots"
 
-    def predict(self, pages: Sequence[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
+    def stream(self, pages: Iterable[PageImage], prompt: str) -> Iterator[tuple[PageImage, Prediction | Exception]]:
+        """Continuous batching: pages are prefilled one at a time into free decode slots and come
+        back as soon as each one ends, in the order they finish."""
+        from dsocr_cli.engines.decode import SlotDecoder
+
+        if self.decoder is None:
+            n, window = self.options.no_repeat_ngram, self.options.no_repeat_window
+            slots = self.options.batch_size or self._slots_for_memory()
+            self.decoder = (self.decoder_class or SlotDecoder)(
+                self.model,
+                slots,
+                self.options.max_new_tokens,
+                self._prompt_room(prompt),
+                self.eos_id,
+                (n, window),
+                self.exempt_ids,
+            )
+            log.info("continuous batching: %d decode slots", slots)
+        for page, ids, finish, seconds in self.decoder.run(pages, lambda page: self._prefill(page, prompt)):
+            yield page, (ids if finish == "error" else self._prediction(ids, seconds))
+
+    def _prefill(self, page: PageImage, prompt: str):
+        """One page through the whole model: its first-token logits and its keys and values."""
         import torch
 
+        inputs = self._inputs([page], prompt)
+        with torch.inference_mode():
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        return out.logits[:, -1, :], layers, int(inputs["input_ids"].shape[1])
+
+    def _prompt_room(self, prompt: str) -> int:
+        """The longest prompt a page can give: global view + the most tiles + separator + text."""
+        image = self.processor.image_processor
+        per_view = math.ceil(image.tile_size / self.processor.patch_size / self.processor.downsample_ratio) ** 2
+        global_view = math.ceil(image.size["height"] / self.processor.patch_size / self.processor.downsample_ratio) ** 2
+        text = len(self.processor.tokenizer(prompt)["input_ids"])
+        return global_view + image.max_patches * per_view + 1 + text + 8
+
+    def _slots_for_memory(self) -> int:
+        """As many slots as a share of free GPU memory holds (4 on other devices)."""
+        import torch
+
+        if self.device != "cuda":
+            return 4
+        config = self.model.config.text_config
+        head_dim = config.hidden_size // config.num_attention_heads
+        per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * self.dtype.itemsize
+        per_slot = per_token * (self._prompt_room(TASK_PROMPT_GUESS) + self.options.max_new_tokens)
+        free, _ = torch.cuda.mem_get_info()
+        budget = min(free * 0.45, 24 * 2**30)
+        return int(max(1, min(128, budget // per_slot)))
+
+    def _inputs(self, pages: Sequence[PageImage], prompt: str) -> dict:
         inputs = self.processor(
             images=[p.image for p in pages],
             text=[prompt] * len(pages),
@@ -59,6 +116,13 @@ class HFEngine:
         for key in ("pixel_values", "pixel_values_local"):
             if key in inputs:
                 inputs[key] = inputs[key].to(self.dtype)
+        return inputs
+
+    def predict(self, pages: Sequence[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
+        """Pages through transformers' generate: the reference path, and strict retries."""
+        import torch
+
+        inputs = self._inputs(pages, prompt)
         prompt_length = inputs["input_ids"].shape[1]
         processors = self.logits_processors(pages, prompt_length, strict)
         started = time.perf_counter()
