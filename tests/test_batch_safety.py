@@ -194,3 +194,32 @@ def test_hanging_or_crashing_renderer_costs_only_its_document(tmp_path):
         "crash.png": ("Failed", "render-crash"),
         "ok2.png": ("Rendered", None),
     }
+
+
+class BrokenStreamEngine(FlakyEngine):
+    """Continuous batching that breaks after two pages: the rest must still be done by predict."""
+
+    name, continuous = "broken-stream", True
+
+    def stream(self, pages, prompt):
+        taken = [next(pages), next(pages), next(pages)]  # the third page is inside the decoder
+        for page in taken[:2]:
+            yield page, self.predict([page], prompt)[0]
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+
+def test_a_broken_decoder_costs_only_the_pages_inside_it(tmp_path):
+    register("broken-stream", lambda options: BrokenStreamEngine())
+    names = ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    files = [str(make_image(tmp_path / "in" / n, size=(300, 200))) for n in names]
+    sources, _ = discover(files)
+    out = tmp_path / "out"
+    options = Options(engine=EngineOptions(engine="broken-stream"), output=OutputOptions(out=out))
+    tree = TreeOutput(out, options.output)
+    try:
+        result = Pipeline(options, load_engine(options.engine), tree).run(sources)
+    finally:
+        tree.close()
+    status = {d.source.key: d.status for d in result.documents}
+    assert status == {"a.png": "done", "b.png": "done", "c.png": "failed", "d.png": "done", "e.png": "done"}
+    assert "decoding failed" in next(d.message for d in result.documents if d.status == "failed")

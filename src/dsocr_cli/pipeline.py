@@ -16,7 +16,7 @@ from typing import Protocol
 from dsocr_cli import grounding
 from dsocr_cli.discover import Rejected
 from dsocr_cli.engines import Engine
-from dsocr_cli.errors import DsocrError, ExitCode
+from dsocr_cli.errors import DsocrError, ExitCode, show_path
 from dsocr_cli.events import Events, NoEvents
 from dsocr_cli.options import Options, settings_record
 from dsocr_cli.render import fingerprint
@@ -56,6 +56,7 @@ class Pipeline:
         self.settings = settings_record(options)
         self.open: dict[Source, _OpenDocument] = {}
         self.summary = RunSummary()
+        self.batcher: Batcher | None = None
 
     def run(self, sources: Sequence[Source]) -> RunSummary:
         started = time.perf_counter()
@@ -75,21 +76,44 @@ class Pipeline:
         return self.summary
 
     def _run_batches(self, sources: Sequence[Source]) -> None:
+        self._batches(self._pages(sources, on_failed=self._drop_pending))
+
+    def _batches(self, pages) -> None:
         """Pages collected into batches for `predict`; a failed document's pages are dropped."""
-        batcher = Batcher(self.engine.batch_size)
-        for page in self._pages(sources, on_failed=batcher.drop):
+        self.batcher = batcher = Batcher(self.engine.batch_size)
+        for page in pages:
             batch = batcher.add(page)
             if batch:
                 self._process(batch)
         while batcher.pending:
             self._process(batcher.take())
 
+    def _drop_pending(self, source: Source) -> None:
+        if self.batcher is not None:
+            self.batcher.drop(source)
+
     def _run_continuous(self, sources: Sequence[Source]) -> None:
-        """The engine pulls pages as its slots free up and hands each back when it ends."""
+        """The engine pulls pages as its slots free up and hands each back when it ends. If the
+        decoder itself breaks, the remaining pages go through `predict` in batches, and only the
+        documents whose pages were inside the decoder fail."""
         prompt = self.options.task.text
-        for page, prediction in self.engine.stream(self._pages(sources), prompt):
-            self.events.pages_done([prediction] if isinstance(prediction, Prediction) else [])
-            self._handle(self._retry_unfinished([(page, prediction)], prompt))
+        pages = self._pages(sources, on_failed=self._drop_pending)
+        try:
+            for page, prediction in self.engine.stream(pages, prompt):
+                self.events.pages_done([prediction] if isinstance(prediction, Prediction) else [])
+                self._handle(self._retry_unfinished([(page, prediction)], prompt))
+        except (DsocrError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            log.error("continuous batching failed (%s); going on with batched generate", _one_line(exc))
+            log.debug("decoder failure", exc_info=True)
+            self._batches(pages)
+            for doc in list(self.open.values()):
+                self._fail(
+                    doc.source,
+                    "engine",
+                    f"{show_path(doc.source.path)}: pages lost when decoding failed ({_one_line(exc)})",
+                )
 
     def _pages(self, sources: Sequence[Source], on_failed=None):
         """The pages of open documents, acting on each document's start, end and failure on the way."""
