@@ -144,19 +144,24 @@ class FlakyEngine:
         ]
 
 
+def run_in_process(engine_name: str, names: list[str], tmp_path: Path):
+    """The pipeline on small images with a registered engine, into a real output tree."""
+    files = [str(make_image(tmp_path / "in" / n, size=(300, 200))) for n in names]
+    sources, _ = discover(files)
+    out = tmp_path / "out"
+    options = Options(engine=EngineOptions(engine=engine_name), output=OutputOptions(out=out))
+    tree = TreeOutput(out, options.output)
+    try:
+        return Pipeline(options, load_engine(options.engine), tree).run(sources), out
+    finally:
+        tree.close()
+
+
 def test_out_of_memory_splits_batches_and_fails_only_pages_failing_alone(tmp_path):
     engine = FlakyEngine()
     register("flaky", lambda options: engine)
     names = ["a.png", "b.png", "cursed.png", "c.png", "loopy.png", "d.png"]
-    files = [str(make_image(tmp_path / "in" / n, size=(300, 200))) for n in names]
-    sources, _ = discover(files)
-    out = tmp_path / "out"
-    options = Options(engine=EngineOptions(engine="flaky"), output=OutputOptions(out=out))
-    tree = TreeOutput(out, options.output)
-    try:
-        result = Pipeline(options, load_engine(options.engine), tree).run(sources)
-    finally:
-        tree.close()
+    result, out = run_in_process("flaky", names, tmp_path)
     status = {d.source.key: d.status for d in result.documents}
     assert status == {n: ("failed" if n == "cursed.png" else "done") for n in names}
     failed = next(d for d in result.documents if d.status == "failed")
@@ -210,16 +215,7 @@ class BrokenStreamEngine(FlakyEngine):
 
 def test_a_broken_decoder_costs_only_the_pages_inside_it(tmp_path):
     register("broken-stream", lambda options: BrokenStreamEngine())
-    names = ["a.png", "b.png", "c.png", "d.png", "e.png"]
-    files = [str(make_image(tmp_path / "in" / n, size=(300, 200))) for n in names]
-    sources, _ = discover(files)
-    out = tmp_path / "out"
-    options = Options(engine=EngineOptions(engine="broken-stream"), output=OutputOptions(out=out))
-    tree = TreeOutput(out, options.output)
-    try:
-        result = Pipeline(options, load_engine(options.engine), tree).run(sources)
-    finally:
-        tree.close()
+    result, _ = run_in_process("broken-stream", ["a.png", "b.png", "c.png", "d.png", "e.png"], tmp_path)
     status = {d.source.key: d.status for d in result.documents}
     assert status == {"a.png": "done", "b.png": "done", "c.png": "failed", "d.png": "done", "e.png": "done"}
     assert "decoding failed" in next(d.message for d in result.documents if d.status == "failed")

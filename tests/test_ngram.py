@@ -11,7 +11,7 @@ from dsocr_cli.engines.ngram import WindowedNoRepeatNGram, ban_repeats, looks_lo
 
 def reference_banned(row: list[int], n: int, window: int, exempt: set[int]) -> set[int]:
     recent = row[-window:]
-    prefix = row[-(n - 1):] if n > 1 else []
+    prefix = row[-(n - 1) :] if n > 1 else []
     if len(row) < n - 1:
         return set()
     return {

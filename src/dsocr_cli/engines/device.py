@@ -47,3 +47,14 @@ def resolve_dtype(requested: str, device: str):
     if name is None:
         raise UsageError(f"unknown dtype {requested!r}", "choose auto, bf16, fp16 or fp32")
     return getattr(torch, name)
+
+
+def device_stats(engine: str, device: str, dtype) -> dict:
+    """What ran where, and the peak GPU memory it took: the run summary's `engine` entry."""
+    import torch
+
+    info = {"engine": engine, "device": device, "dtype": str(dtype).replace("torch.", "")}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return info

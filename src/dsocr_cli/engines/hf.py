@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from dsocr_cli.engines.device import resolve_device, resolve_dtype
+from dsocr_cli.engines.device import device_stats, resolve_device, resolve_dtype
 from dsocr_cli.engines.ngram import WindowedNoRepeatNGram, looks_looped
 from dsocr_cli.errors import SetupError, UsageError
 from dsocr_cli.options import EngineOptions
@@ -160,14 +160,7 @@ class HFEngine:
         return [WindowedNoRepeatNGram(n, window, prompt_length, self.exempt_ids)]
 
     def stats(self) -> dict:
-        """Device facts for the run summary: what ran where, and the peak memory it took."""
-        import torch
-
-        info = {"engine": self.name, "device": self.device, "dtype": str(self.dtype).replace("torch.", "")}
-        if self.device == "cuda":
-            info["gpu"] = torch.cuda.get_device_name()
-            info["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        return info
+        return device_stats(self.name, self.device, self.dtype)
 
     def _prediction(self, row: list[int], seconds: float) -> Prediction:
         if self.eos_id in row:

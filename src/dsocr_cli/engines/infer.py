@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from dsocr_cli.engines.device import device_stats
 from dsocr_cli.errors import SetupError, UsageError
 from dsocr_cli.options import MODES, EngineOptions, Mode
 from dsocr_cli.types import PageImage, Prediction
@@ -250,14 +251,7 @@ class InferEngine:
         return [self._predict_page(page, prompt) for page in pages]
 
     def stats(self) -> dict:
-        """Device facts for the run summary, as the native engine reports them."""
-        import torch
-
-        info = {"engine": self.name, "device": self.device, "dtype": str(self.dtype).replace("torch.", "")}
-        if self.device == "cuda":
-            info["gpu"] = torch.cuda.get_device_name()
-            info["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        return info
+        return device_stats(self.name, self.device, self.dtype)
 
     def _predict_page(self, page: PageImage, prompt: str) -> Prediction:
         with tempfile.TemporaryDirectory(prefix="dsocr-infer-") as tmp:
