@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up a CPU-only test environment and run the whole test suite. Needs no GPU, no model hub.
 #   scripts/test.sh [pytest args]
-# The CPU torch build (torch==2.13.0) is pinned so pip never pulls several GB of CUDA wheels.
+# torch==2.13.0 is pinned: this project's CI machines hold a CPU build of it locally, so pip never
+# pulls several GB of CUDA wheels there. Elsewhere set TORCH_INDEX_URL (for example
+# https://download.pytorch.org/whl/cpu) to get the CPU build from PyTorch's index.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
@@ -11,7 +13,9 @@ if [[ ! -x $VENV/bin/python ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q torch==2.13.0
+TORCH_FROM=()
+[[ -n ${TORCH_INDEX_URL:-} ]] && TORCH_FROM=(--index-url "$TORCH_INDEX_URL")
+"$VENV/bin/python" -m pip install -q "${TORCH_FROM[@]}" torch==2.13.0
 "$VENV/bin/python" -m pip install -q -e '.[test]'
 
 # The remote-code profile: the official checkpoints' own code needs transformers 4.46.x, so its
@@ -21,7 +25,8 @@ if [[ ! -x $RVENV/bin/python ]]; then
   "$PYTHON" -m venv "$RVENV"
 fi
 "$RVENV/bin/python" -m pip install -q --upgrade pip
-"$RVENV/bin/python" -m pip install -q torch==2.13.0 transformers==4.46.3 tokenizers==0.20.3 einops addict easydict \
+"$RVENV/bin/python" -m pip install -q "${TORCH_FROM[@]}" torch==2.13.0
+"$RVENV/bin/python" -m pip install -q transformers==4.46.3 tokenizers==0.20.3 einops addict easydict \
   pytest pillow 'pymupdf>=1.24,<2' 'numpy<2.3' typer rich tqdm safetensors huggingface_hub
 "$RVENV/bin/python" -m pip install -q --no-deps -e .
 

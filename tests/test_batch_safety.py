@@ -65,6 +65,9 @@ def test_rerun_skips_done_documents_and_redoes_changed_ones(dsocr, tmp_path):
     assert summary(out)["documents"]["done"] == 3
     assert dsocr("run", str(inputs), "-o", str(out), "--max-new-tokens", "5", "--force").returncode == 0
     assert summary(out)["documents"]["done"] == 3
+    asked = dsocr("run", str(inputs), "-o", str(out), "--max-new-tokens", "5", "--layout-pdf")  # new outputs
+    assert asked.returncode == 0 and summary(out)["documents"]["done"] == 3
+    assert (out / "doc.pdf" / "layout.pdf").is_file()
 
 
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tiny_model, tmp_path):

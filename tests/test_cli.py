@@ -224,3 +224,33 @@ def test_rendered_pdf_page_matches_pymupdf(tmp_path):
         pix = doc[0].get_pixmap(dpi=100, alpha=False)
     assert page.image.mode == "RGB"
     assert page.size == (pix.width, pix.height)
+
+
+def test_output_inside_the_input_folder_is_never_read_back(dsocr, tmp_path):
+    inputs = tmp_path / "share"
+    make_image(inputs / "a.png")
+    (inputs / ".gitkeep").write_bytes(b"")  # an empty non-document: ignored, not a failure
+    out = inputs / "ocr"
+    assert dsocr("run", str(inputs), "-o", str(out)).returncode == 0
+    again = dsocr("run", str(inputs), "-o", str(out))
+    assert again.returncode == 0, again.stderr
+    assert [i["key"] for i in load_json(out / "summary.json")["items"]] == ["a.png"]
+    assert load_json(out / "summary.json")["documents"] == {"done": 0, "skipped": 1, "failed": 0}
+
+
+def test_keys_never_clash_with_summary_or_other_documents(dsocr, tmp_path):
+    named_summary = make_image(tmp_path / "x" / "s.png").rename(tmp_path / "x" / "summary.json")  # like dsocr's
+    folder = tmp_path / "tree"
+    make_image(folder / "a" / "b.png")
+    lone = make_image(tmp_path / "y" / "a.png").rename(tmp_path / "y" / "a")  # keyed "a", beside "a/b.png"
+    out = tmp_path / "out"
+    result = dsocr("run", str(named_summary), str(folder), str(lone), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    keys = sorted(i["key"] for i in load_json(out / "summary.json")["items"])
+    assert keys == ["a/b.png", "a~2", "summary.json~2"]
+    assert all((out / key / "document.json").is_file() for key in keys)
+
+
+def test_prompt_with_two_images_is_a_usage_error(dsocr, tmp_path):
+    result = dsocr("image", str(make_image(tmp_path / "a.png")), "--prompt", "<image> and <image>: compare")
+    assert result.returncode == 2 and "<image>" in result.stderr

@@ -72,3 +72,21 @@ def test_continuous_batching_equals_page_at_a_time(tiny_model):
     }
     assert len({p.tokens for p in reference.values()}) >= 3, "pages must end at different steps"
     assert {p.finish for p in reference.values()} == {"eos", "length"}
+
+
+def test_a_page_failing_its_prefill_does_not_stop_the_others(tiny_model):
+    """One slot: the failing page frees it again and every other page still comes back."""
+    from dsocr_cli.engines.decode import SlotDecoder
+
+    engine = load_engine(EngineOptions(model=str(tiny_model), device="cpu", max_new_tokens=6, batch_size=1))
+    prompt = TASK_PROMPTS["free"]
+    decoder = SlotDecoder(engine.model, 1, 6, engine._prompt_room(prompt), engine.eos_id)
+
+    def prefill(page):
+        if page.source.key in ("p1", "p2"):
+            raise ValueError("cannot preprocess this page")
+        return engine._prefill(page, prompt)
+
+    pages = [noise_page(i, 300, 200, seed=i) for i in range(5)]
+    results = {page.source.key: finish for page, _, finish, _ in decoder.run(iter(pages), prefill)}
+    assert results == {"p0": "length", "p1": "error", "p2": "error", "p3": "length", "p4": "length"}

@@ -110,3 +110,11 @@ def test_image_input_searchable_pdf(replayed, tmp_path):
 def test_flags_that_write_files_need_an_output_folder(dsocr, tmp_path):
     result = dsocr("pdf", str(make_pdf(tmp_path / "a.pdf", pages=1)), "--searchable-pdf")
     assert result.returncode == 2 and "-o OUT" in result.stderr
+
+
+def test_a_one_unit_figure_box_still_gives_a_crop(replayed, tmp_path):
+    image = make_image(tmp_path / "scan.png", size=(400, 300))
+    raw = "<|ref|>image<|/ref|><|det|>[[100, 100, 101, 300]]<|/det|>\n"
+    folder = replayed(["image"], image, {1: raw})
+    with Image.open(folder / "figures" / "0001-01.png") as crop:
+        assert crop.size[0] >= 1 and crop.size[1] > 50

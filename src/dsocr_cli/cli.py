@@ -14,7 +14,7 @@ import typer
 
 from dsocr_cli import __version__
 from dsocr_cli.console import ConsoleEvents, Environment, setup_logging
-from dsocr_cli.errors import DsocrError, ExitCode, Interrupted, NoInputError, UsageError
+from dsocr_cli.errors import DsocrError, ExitCode, NoInputError, UsageError
 from dsocr_cli.options import (
     DEFAULT_MODE,
     DEFAULT_MODEL,
@@ -131,8 +131,12 @@ def program(
 
     if json_summary and options.output.to_stdout:
         raise UsageError("--json prints the summary on stdout, where the markdown would go", "add -o OUT")
+    if options.output.to_stdout and (options.output.searchable_pdf or options.output.layout_pdf):
+        raise UsageError("--searchable-pdf and --layout-pdf write files", "add -o OUT")
+    if options.task.prompt is not None and options.task.text.count("<image>") != 1:
+        raise UsageError("--prompt may hold <image> once at most", "the page is the prompt's one image")
     events = ConsoleEvents(env, quiet)
-    sources, rejected = discover(expand_arguments(paths, env.stdin), want)
+    sources, rejected = discover(expand_arguments(paths, env.stdin), want, exclude=options.output.out)
     for item in rejected:
         events.rejected(item)
     if not sources:
@@ -140,8 +144,6 @@ def program(
             "no input to process" + (f" ({len(rejected)} rejected)" if rejected else ""),
             "give PDFs, images or folders holding them",
         )
-    if options.output.to_stdout and (options.output.searchable_pdf or options.output.layout_pdf):
-        raise UsageError("--searchable-pdf and --layout-pdf write files", "add -o OUT")
     if options.output.out:
         output = TreeOutput(options.output.out, options.output, options.render.password)
     else:
@@ -291,4 +293,4 @@ def main() -> None:
     app()
 
 
-__all__ = ["app", "main", "program", "Interrupted"]
+__all__ = ["app", "main", "program"]

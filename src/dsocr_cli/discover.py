@@ -82,11 +82,16 @@ def expand_arguments(args: Iterable[str], stdin=None) -> list[str]:
     return out
 
 
-def discover(args: Iterable[str], want: SourceKind | None = None) -> tuple[list[Source], list[Rejected]]:
+def discover(
+    args: Iterable[str], want: SourceKind | None = None, exclude: Path | None = None
+) -> tuple[list[Source], list[Rejected]]:
     """Sources in argument order (directories sorted), plus what was rejected and why.
 
     `want` limits directory walks to one kind; files named explicitly are always taken by content.
+    `exclude` (the output folder) is never walked into, so OUT inside an input folder is not OCRed.
+    In folder walks only files named like documents are reported when unusable; others are ignored.
     """
+    skip = Path(os.path.realpath(exclude)) if exclude else None
     found: list[tuple[Path, str, SourceKind]] = []
     rejected: list[Rejected] = []
     for arg in args:
@@ -97,10 +102,10 @@ def discover(args: Iterable[str], want: SourceKind | None = None) -> tuple[list[
             rejected.append(Rejected(path, "missing", f"{_show(path)}: {exc.strerror or 'not found'}"))
             continue
         if stat.S_ISDIR(st.st_mode):
-            for file in _walk(path, rejected):
+            for file in _walk(path, rejected, skip):
                 kind = read_kind(file)
                 if isinstance(kind, Rejected):
-                    if kind.reason != "unsupported" or file.suffix.lower() in DOCUMENT_SUFFIXES:
+                    if file.suffix.lower() in DOCUMENT_SUFFIXES:
                         rejected.append(kind)
                 elif want is None or kind == want:
                     found.append((file, file.relative_to(path).as_posix(), kind))
@@ -115,8 +120,9 @@ def discover(args: Iterable[str], want: SourceKind | None = None) -> tuple[list[
     return _with_unique_keys(found), rejected
 
 
-def _walk(root: Path, rejected: list[Rejected]) -> Iterator[Path]:
-    """Regular files under root, sorted; links are followed only while they stay inside root."""
+def _walk(root: Path, rejected: list[Rejected], skip: Path | None = None) -> Iterator[Path]:
+    """Regular files under root, sorted; links are followed only while they stay inside root.
+    dsocr's own files (.dsocr*) and the folder `skip` are passed over."""
     real_root = Path(os.path.realpath(root))
     seen: set[tuple[int, int]] = set()
     stack = [root]
@@ -133,6 +139,8 @@ def _walk(root: Path, rejected: list[Rejected]) -> Iterator[Path]:
             continue
         for entry in entries:
             path = Path(entry.path)
+            if entry.name.startswith(".dsocr") or (skip is not None and Path(os.path.realpath(path)) == skip):
+                continue
             if entry.is_symlink() and not _inside(path, real_root):
                 rejected.append(Rejected(path, "outside", f"{_show(path)}: link leads outside {_show(root)}"))
                 continue
@@ -169,8 +177,12 @@ def safe_key(relative: str) -> str:
     return "/".join(parts) or "_"
 
 
+RESERVED_KEYS = {"summary.json"}  # names dsocr writes at the top of OUT
+
+
 def _with_unique_keys(found: list[tuple[Path, str, SourceKind]]) -> list[Source]:
-    """The same file named twice is kept once; equal keys from different files get ~2, ~3 in order."""
+    """The same file named twice is kept once; a key that equals, contains or lies inside another
+    (case-insensitively), or a reserved name, gets ~2, ~3 in order."""
     sources: list[Source] = []
     keys: set[str] = set()
     reals: set[str] = set()
@@ -181,12 +193,19 @@ def _with_unique_keys(found: list[tuple[Path, str, SourceKind]]) -> list[Source]
         reals.add(real)
         key = base = safe_key(_decodable(relative))
         n = 1
-        while key.lower() in keys:
+        while _clashes(key.lower(), keys):
             n += 1
             key = f"{base}~{n}"
         keys.add(key.lower())
         sources.append(Source(path, kind, key))
     return sources
+
+
+def _clashes(key: str, keys: set[str]) -> bool:
+    if key in keys or key in RESERVED_KEYS or key.startswith(".dsocr"):
+        return True
+    prefixes = {"/".join(key.split("/")[:i]) for i in range(1, key.count("/") + 1)}
+    return bool(prefixes & keys) or any(k.startswith(key + "/") for k in keys)
 
 
 def _decodable(text: str) -> str:

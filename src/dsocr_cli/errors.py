@@ -63,10 +63,6 @@ class InputError(DsocrError):
         self.reason = reason
 
 
-class Interrupted(DsocrError):
-    exit_code = ExitCode.INTERRUPTED
-
-
 def show_path(path) -> str:
     """A path printable on one line: newlines and undecodable bytes escaped."""
     text = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -98,10 +98,6 @@ class EngineOptions:
     decoder: str = "slots"  # slots: continuous batching; generate: transformers' generate per batch
     retry_unfinished: bool = True  # retry once, strictly, a page that looped or hit the token limit
 
-    @property
-    def resolution(self) -> Mode:
-        return MODES[self.mode]
-
 
 @dataclass(frozen=True)
 class TaskOptions:
@@ -152,4 +148,9 @@ def settings_record(options: Options) -> dict:
         "pages": None if r.pages is None else [list(p) for p in r.pages],
         "max_new_tokens": e.max_new_tokens,
         "no_repeat_ngram": [e.no_repeat_ngram, e.no_repeat_window],
+        "outputs": {
+            "searchable_pdf": options.output.searchable_pdf,
+            "layout_pdf": options.output.layout_pdf,
+            "figure_dpi": options.output.figure_dpi,
+        },
     }

@@ -43,6 +43,7 @@ class _OpenDocument:
     source: Source
     sink: DocumentSink
     started: float
+    fingerprint: dict  # taken before rendering, so a file replaced mid-run is not recorded as done
     expected: int | None = None
     pages: list[PageResult] = field(default_factory=list)
 
@@ -57,6 +58,7 @@ class Pipeline:
         self.open: dict[Source, _OpenDocument] = {}
         self.summary = RunSummary()
         self.batcher: Batcher | None = None
+        self.closed: set[Source] = set()  # documents with a result: each input is reported once
 
     def run(self, sources: Sequence[Source]) -> RunSummary:
         started = time.perf_counter()
@@ -66,7 +68,7 @@ class Pipeline:
             else:
                 self._run_batches(sources)
         except (KeyboardInterrupt, DsocrError) as exc:
-            self.summary.interrupted = not isinstance(exc, DsocrError) or exc.exit_code == ExitCode.INTERRUPTED
+            self.summary.interrupted = isinstance(exc, KeyboardInterrupt)
             for doc in list(self.open.values()):
                 doc.sink.abort()
             raise
@@ -98,22 +100,28 @@ class Pipeline:
         documents whose pages were inside the decoder fail."""
         prompt = self.options.task.text
         pages = self._pages(sources, on_failed=self._drop_pending)
-        try:
-            for page, prediction in self.engine.stream(pages, prompt):
-                self.events.pages_done([prediction] if isinstance(prediction, Prediction) else [])
-                self._handle(self._retry_unfinished([(page, prediction)], prompt))
-        except (DsocrError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            log.error("continuous batching failed (%s); going on with batched generate", _one_line(exc))
-            log.debug("decoder failure", exc_info=True)
-            self._batches(pages)
-            for doc in list(self.open.values()):
-                self._fail(
-                    doc.source,
-                    "engine",
-                    f"{show_path(doc.source.path)}: pages lost when decoding failed ({_one_line(exc)})",
-                )
+        stream = self.engine.stream(pages, prompt)
+        while True:
+            try:
+                page, prediction = next(stream)
+            except StopIteration:
+                break
+            except (DsocrError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                log.error("continuous batching failed (%s); going on with batched generate", _one_line(exc))
+                log.debug("decoder failure", exc_info=True)
+                self._batches(pages)
+                self._fail_open("engine", f"pages lost when decoding failed ({_one_line(exc)})")
+                return
+            self.events.pages_done([prediction] if isinstance(prediction, Prediction) else [])
+            self._handle(self._retry_unfinished([(page, prediction)], prompt))
+        self._fail_open("engine", "pages never came back from the engine")
+
+    def _fail_open(self, reason: str, why: str) -> None:
+        """Documents still open once every page has been through the engine lost pages in it."""
+        for doc in list(self.open.values()):
+            self._fail(doc.source, reason, f"{show_path(doc.source.path)}: {why}")
 
     def _pages(self, sources: Sequence[Source], on_failed=None):
         """The pages of open documents, acting on each document's start, end and failure on the way."""
@@ -141,7 +149,12 @@ class Pipeline:
                 yield source
 
     def _start(self, source: Source) -> None:
-        self.open[source] = _OpenDocument(source, self.output.open(source), time.perf_counter())
+        try:
+            taken = fingerprint(source.path)
+        except OSError as exc:
+            self._fail(source, "unreadable", f"{show_path(source.path)}: cannot be read ({exc.strerror or exc})")
+            return
+        self.open[source] = _OpenDocument(source, self.output.open(source), time.perf_counter(), taken)
         self.events.document_started(source)
 
     def _rendered(self, source: Source, pages: int) -> None:
@@ -163,10 +176,17 @@ class Pipeline:
             if doc is None:
                 continue
             if not isinstance(prediction, Prediction):
-                self._fail(page.source, "engine", f"page {page.number}: {_one_line(prediction)}")
+                where = f"{show_path(page.source.path)}: page {page.number}"
+                self._fail(page.source, "engine", f"{where}: {_one_line(prediction)}")
                 continue
             parsed = grounding.parse(prediction.text, *page.size)
-            doc.sink.add_page(PageResult(page, prediction, parsed))
+            try:
+                doc.sink.add_page(PageResult(page, prediction, parsed))
+            except Exception as exc:  # a page's files cannot be written: this document fails, the run goes on
+                log.debug("writing a page failed", exc_info=True)
+                where = f"{show_path(page.source.path)}: page {page.number}"
+                self._fail(page.source, "output", f"{where}: cannot write its output ({_one_line(exc)})")
+                continue
             # Keep the page's record but not its pixels: long documents must not pile up images.
             doc.pages.append(PageResult(dataclasses.replace(page, image=None), prediction, parsed))
             self._maybe_commit(doc)
@@ -206,7 +226,7 @@ class Pipeline:
         del self.open[doc.source]
         seconds = time.perf_counter() - doc.started
         try:
-            outputs = doc.sink.commit(fingerprint(doc.source.path), self.settings, seconds)
+            outputs = doc.sink.commit(doc.fingerprint, self.settings, seconds)
         except Exception as exc:  # a full disk, an unwritable name: this document fails, the run goes on
             log.debug("writing %s failed", doc.source.key, exc_info=True)
             doc.sink.abort()
@@ -216,6 +236,8 @@ class Pipeline:
         self._record(DocumentResult(doc.source, "done", pages, seconds=seconds, outputs=tuple(outputs)), doc.sink)
 
     def _fail(self, source: Source, reason: str, message: str) -> None:
+        if source in self.closed:  # already reported (e.g. unreadable before its render failed too)
+            return
         doc = self.open.pop(source, None)
         sink = doc.sink if doc else self.output.open(source)
         sink.abort()
@@ -223,6 +245,7 @@ class Pipeline:
         self._record(DocumentResult(source, "failed", reason=reason, message=message, seconds=seconds), sink)
 
     def _record(self, result: DocumentResult, sink: DocumentSink) -> None:
+        self.closed.add(result.source)
         self.summary.documents.append(result)
         self.output.finished(result, sink)
         self.events.document_finished(result)

@@ -97,24 +97,32 @@ def _render_image(source: Source, options: RenderOptions) -> Iterator[PageImage]
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(source.path)
             frames = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
-            pages = [_frame(image, i) for i in range(frames)]
+            wanted = [i for i in range(frames) if options.wants(i + 1)]
+            pages = [(i, _frame(image, i)) for i in wanted]  # only the selected frames are decoded
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(f"{name}: image too large (over {Image.MAX_IMAGE_PIXELS:,} pixels)", "too-large") from None
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image Pillow can read", "unsupported") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{name}: broken image ({_first_line(exc)})", "corrupt") from None
-    selected = [(i, p) for i, p in enumerate(pages) if options.wants(i + 1)]
-    if not selected:
-        raise InputError(f"{name}: --pages selects none of its {len(pages)} frames", "empty")
-    for index, page in selected:
-        yield PageImage(source, index, page, dpi=None, scale=1.0, page_count=len(pages))
+    if not pages:
+        raise InputError(f"{name}: --pages selects none of its {frames} frames", "empty")
+    for index, page in pages:
+        yield PageImage(source, index, page, dpi=None, scale=1.0, page_count=frames)
+
+
+MIN_SIDE = 32  # narrower images are padded: the processor cannot tell a 3-pixel-wide image's channels
 
 
 def _frame(image: Image.Image, index: int) -> Image.Image:
     image.seek(index)
     image.load()  # decode now, so truncation is found here and not mid-batch
-    return to_rgb(ImageOps.exif_transpose(image))
+    page = to_rgb(ImageOps.exif_transpose(image))
+    if min(page.size) < MIN_SIDE:
+        canvas = Image.new("RGB", (max(page.width, MIN_SIDE), max(page.height, MIN_SIDE)), "white")
+        canvas.paste(page, (0, 0))
+        page = canvas
+    return page
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

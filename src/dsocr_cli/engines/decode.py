@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Slot:
     item: object  # what the caller gave (a page); returned with its tokens
-    prompt_length: int
     started: float
 
 
@@ -121,6 +120,7 @@ class SlotDecoder:
         if self.graph is None:
             self.graph = self._capture()
         if self.graph is None:
+            self.use_graph = False  # capture failed once: decode eagerly from now on, no retries
             self._step()
         else:
             self.graph.replay()
@@ -163,7 +163,7 @@ class SlotDecoder:
         self.next_ids[lane] = first
         self.positions[lane] = length
         self.generated[lane] = 1
-        return _Slot(item, length, started)
+        return _Slot(item, started)
 
     def run(self, items: Iterable, prefill: Callable[[object], tuple]) -> Iterator[tuple[object, list, str, float]]:
         """Yield (item, generated ids with EOS if reached, finish, seconds) as each sequence ends;
@@ -173,7 +173,7 @@ class SlotDecoder:
         exhausted = False
         while True:
             for lane in range(self.slots):
-                if lane not in active and not exhausted:
+                while lane not in active and not exhausted:  # a page that fails its prefill frees the lane again
                     item = next(pending, None)
                     if item is None:
                         exhausted = True
@@ -182,9 +182,8 @@ class SlotDecoder:
                         active[lane] = self._admit(lane, prefill, item)
                     except Exception as exc:  # this page alone fails
                         yield item, exc, "error", 0.0
-                        continue
             if not active:
-                return
+                return  # only when every lane is free and nothing is left to admit
             yield from self._finished(active)
             if active:
                 self._advance()

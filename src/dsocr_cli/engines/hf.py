@@ -1,8 +1,10 @@
 """The native engine: transformers' DeepSeek-OCR-2 (AutoModelForImageTextToText + AutoProcessor).
 
-Pages of a batch go through one padded generate call: LEFT padding (the processor leaves it on the
-right, and right-padded rows diverge from single-page output), greedy decoding, grouped_mm MoE
-experts on CUDA, and the windowed n-gram ban in place of transformers' per-step Python one.
+By default pages stream through the slot decoder (engines/decode.py: continuous batching, one
+page prefilled at a time, a CUDA-graph decode step). `predict` is the reference path and serves
+strict retries and `--decoder generate`: one padded generate call per batch with LEFT padding
+(the processor leaves it on the right, and right-padded rows diverge from single-page output).
+Both decode greedily with grouped_mm MoE experts on CUDA and the windowed n-gram ban.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from dsocr_cli.engines.device import device_stats, resolve_device, resolve_dtype
 from dsocr_cli.engines.ngram import WindowedNoRepeatNGram, looks_looped
 from dsocr_cli.errors import SetupError, UsageError
-from dsocr_cli.options import EngineOptions
+from dsocr_cli.options import TASK_PROMPTS, EngineOptions
 from dsocr_cli.types import PageImage, Prediction
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,6 @@ log = logging.getLogger(__name__)
 # Table cell tags repeat legitimately; never ban them (DEEPSEEK_OCR.md).
 EXEMPT_TOKENS = ("<td>", "</td>")
 NATIVE_MODES = ("tiled", "base")
-TASK_PROMPT_GUESS = "<image>\n<|grounding|>Convert the document to markdown. "
 
 
 class HFEngine:
@@ -99,7 +100,7 @@ class HFEngine:
         config = self.model.config.text_config
         head_dim = config.hidden_size // config.num_attention_heads
         per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * self.dtype.itemsize
-        per_slot = per_token * (self._prompt_room(TASK_PROMPT_GUESS) + self.options.max_new_tokens)
+        per_slot = per_token * (self._prompt_room(TASK_PROMPTS["markdown"]) + self.options.max_new_tokens)
         free, _ = torch.cuda.mem_get_info()
         budget = min(free * 0.45, 24 * 2**30)
         return int(max(1, min(128, budget // per_slot)))
@@ -174,9 +175,14 @@ class HFEngine:
 
 
 def mode_kwargs(mode: str, processor) -> dict:
-    """Processor overrides for a resolution preset. `tiled` is the checkpoint's own setting."""
+    """Processor overrides for a resolution preset. `tiled` is the checkpoint's own setting, with
+    its tile limits passed explicitly (the processor would otherwise apply its own defaults, and
+    the decoder's room for the prompt is computed from the image processor's)."""
     if mode == "tiled":
-        return {}
+        if processor is None:
+            return {}
+        image = processor.image_processor
+        return {"min_patches": image.min_patches, "max_patches": image.max_patches}
     if mode == "base":  # the global view alone; the tile size must match it (DEEPSEEK_OCR.md)
         side = processor.image_processor.size["height"]
         return {"crop_to_patches": False, "tile_size": side}

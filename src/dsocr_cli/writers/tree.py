@@ -137,7 +137,8 @@ class DocumentFolder:
                 return render_region(page.source, page.index, rect, self.options.figure_dpi, self.password)
             except Exception:  # a page that rendered once but not twice: fall back to the OCR image
                 pass
-        return page.image.crop(tuple(round(v) for v in box))
+        x1, y1, x2, y2 = (round(v) for v in box)
+        return page.image.crop((x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)))  # at least one pixel
 
     @staticmethod
     def _save_image(image, path: Path, fmt: str) -> None:
@@ -184,9 +185,6 @@ class DocumentFolder:
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
-
-    def joined_markdown(self) -> str:
-        return docjson.join_pages([(i + 1, self.markdown[i]) for i in sorted(self.markdown)])
 
 
 class TreeOutput:
