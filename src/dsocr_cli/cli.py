@@ -80,7 +80,7 @@ Searchable = Annotated[
 LayoutPdf = Annotated[bool, typer.Option("--layout-pdf", help="Also write layout.pdf: the annotated pages.")]
 FigureDpi = Annotated[float, typer.Option("--figure-dpi", min=72, max=1200, help="DPI of PDF figure crops.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (needs -o).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Errors only on stderr (for cron).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only on stderr (for cron).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
 
 
