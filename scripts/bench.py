@@ -187,11 +187,9 @@ def smoke_lengths(lengths: list[int], cap: int | None) -> list[int]:
     return [min(v, cap) for v in lengths] if cap else lengths
 
 
-def measure_stream(engine, pages, name: str) -> dict:
-    """Continuous batching: all pages offered at once, slots refilled as pages finish."""
+def timed(engine, pages, name: str, predictions, first_key: str) -> dict:
+    """Run `predictions` (an iterator of Predictions) against the clock; the fields every config reports."""
     import torch
-
-    from dsocr_cli.options import TASK_PROMPTS
 
     cuda = engine.device == "cuda"
     if cuda:
@@ -199,7 +197,7 @@ def measure_stream(engine, pages, name: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     first, tokens, finishes = None, 0, {}
-    for _, prediction in engine.stream(iter(pages), TASK_PROMPTS["markdown"]):
+    for prediction in predictions:
         first = first or time.perf_counter() - start
         tokens += prediction.tokens
         finishes[prediction.finish] = finishes.get(prediction.finish, 0) + 1
@@ -207,54 +205,40 @@ def measure_stream(engine, pages, name: str) -> dict:
     return {
         "config": name,
         "pages": len(pages),
-        "slots": engine.decoder.slots,
-        "graph": engine.decoder.graph is not None,
         "tokens": tokens,
         "seconds": round(seconds, 2),
         "pages_per_s": round(len(pages) / seconds, 3),
         "tok_per_s": round(tokens / seconds, 1),
-        "first_page_s": round(first, 2),
+        first_key: round(first, 2),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "finish": finishes,
     }
+
+
+def measure_stream(engine, pages, name: str) -> dict:
+    """Continuous batching: all pages offered at once, slots refilled as pages finish."""
+    from dsocr_cli.options import TASK_PROMPTS
+
+    stream = (prediction for _, prediction in engine.stream(iter(pages), TASK_PROMPTS["markdown"]))
+    result = timed(engine, pages, name, stream, "first_page_s")
+    return result | {"slots": engine.decoder.slots, "graph": engine.decoder.graph is not None}
 
 
 def measure(engine, pages, batch: int, name: str) -> dict:
-    import torch
-
+    """Batches through generate."""
     from dsocr_cli.options import TASK_PROMPTS
 
-    cuda = engine.device == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    first = None
-    batches = []
-    tokens = 0
-    finishes: dict[str, int] = {}
-    for i in range(0, len(pages), batch):
-        batch_start = time.perf_counter()
-        predictions = engine.predict(pages[i : i + batch], TASK_PROMPTS["markdown"])
-        batches.append(round(time.perf_counter() - batch_start, 2))
-        first = first or time.perf_counter() - start
-        tokens += sum(p.tokens for p in predictions)
-        for p in predictions:
-            finishes[p.finish] = finishes.get(p.finish, 0) + 1
-    seconds = time.perf_counter() - start
-    return {
-        "config": name,
-        "pages": len(pages),
-        "batch": batch,
-        "tokens": tokens,
-        "seconds": round(seconds, 2),
-        "pages_per_s": round(len(pages) / seconds, 3),
-        "tok_per_s": round(tokens / seconds, 1),
-        "first_batch_s": round(first, 2),
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "finish": finishes,
-        "batch_seconds": batches,
-    }
+    batches: list[float] = []
+
+    def predictions():
+        for i in range(0, len(pages), batch):
+            batch_start = time.perf_counter()
+            predicted = engine.predict(pages[i : i + batch], TASK_PROMPTS["markdown"])
+            batches.append(round(time.perf_counter() - batch_start, 2))
+            yield from predicted
+
+    result = timed(engine, pages, name, predictions(), "first_batch_s")
+    return result | {"batch": batch, "batch_seconds": batches}
 
 
 CONFIGS = {

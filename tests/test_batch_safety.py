@@ -37,6 +37,11 @@ def start(tiny_model, *args: str) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env())
 
 
+def slow_run(tiny_model, inputs: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """A run slow enough to interrupt: one page per batch, 40 tokens a page."""
+    return start(tiny_model, "run", str(inputs), "-o", str(out), "--batch-size", "1", "--max-new-tokens", "40", *extra)
+
+
 def wait_for(predicate, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -73,7 +78,7 @@ def test_rerun_skips_done_documents_and_redoes_changed_ones(dsocr, tmp_path):
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tiny_model, tmp_path):
     inputs = corpus(tmp_path / "in", images=8)
     out = tmp_path / "out"
-    run = start(tiny_model, "run", str(inputs), "-o", str(out), "--batch-size", "1", "--max-new-tokens", "40")
+    run = slow_run(tiny_model, inputs, out)
     wait_for(lambda: len(document_folders(out)) >= 2)
     run.send_signal(signal.SIGKILL)
     run.wait()
@@ -82,7 +87,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tiny_model, tmp_path):
     for folder in out.iterdir():  # every visible document folder is complete
         if folder.name not in (".dsocr-staging", ".dsocr.lock"):
             assert (folder / "document.json").is_file() and (folder / "document.md").is_file(), folder
-    rerun = start(tiny_model, "run", str(inputs), "-o", str(out), "--batch-size", "1", "--max-new-tokens", "40")
+    rerun = slow_run(tiny_model, inputs, out)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
     counts = summary(out)["documents"]
     assert counts == {"done": 9 - len(survivors), "skipped": len(survivors), "failed": 0}
@@ -93,7 +98,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tiny_model, tmp_path):
 def test_second_run_on_the_same_output_exits_6_or_waits(tiny_model, dsocr, tmp_path):
     inputs = corpus(tmp_path / "in", images=4)
     out = tmp_path / "out"
-    first = start(tiny_model, "run", str(inputs), "-o", str(out), "--batch-size", "1", "--max-new-tokens", "40")
+    first = slow_run(tiny_model, inputs, out)
     wait_for(lambda: (out / ".dsocr.lock").exists() and (out / ".dsocr.lock").read_text().startswith("dsocr pid"))
     blocked = dsocr("run", str(inputs), "-o", str(out))
     assert blocked.returncode == 6, blocked.stderr
@@ -107,7 +112,7 @@ def test_second_run_on_the_same_output_exits_6_or_waits(tiny_model, dsocr, tmp_p
 def test_sigterm_mid_run_exits_130_and_leaves_nothing_half_written(tiny_model, tmp_path):
     inputs = corpus(tmp_path / "in", images=8)
     out = tmp_path / "out"
-    run = start(tiny_model, "run", str(inputs), "-o", str(out), "--batch-size", "1", "--max-new-tokens", "40")
+    run = slow_run(tiny_model, inputs, out)
     wait_for(lambda: len(document_folders(out)) >= 1)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 130

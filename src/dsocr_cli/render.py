@@ -62,7 +62,7 @@ def _render_pdf_page(source: Source, doc, number: int, options: RenderOptions) -
         raise InputError(
             f"{show_path(source.path)}: page {number} cannot be rendered ({_first_line(exc)})", "corrupt"
         ) from None
-    return PageImage(source, number - 1, image, dpi=72.0 * zoom, scale=zoom, page_count=doc.page_count)
+    return PageImage(source, number - 1, image, dpi=72.0 * zoom, scale=zoom)
 
 
 def render_region(
@@ -108,7 +108,7 @@ def _render_image(source: Source, options: RenderOptions) -> Iterator[PageImage]
     if not pages:
         raise InputError(f"{name}: --pages selects none of its {frames} frames", "empty")
     for index, page in pages:
-        yield PageImage(source, index, page, dpi=None, scale=1.0, page_count=frames)
+        yield PageImage(source, index, page, dpi=None, scale=1.0)
 
 
 MIN_SIDE = 32  # narrower images are padded: the processor cannot tell a 3-pixel-wide image's channels

@@ -33,7 +33,6 @@ class PageImage:
     image: Image.Image = field(repr=False, compare=False)
     dpi: float | None = None
     scale: float = 1.0
-    page_count: int = 1
 
     @property
     def number(self) -> int:
