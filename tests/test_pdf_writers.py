@@ -231,7 +231,7 @@ def test_page_text_from_a_pipeline_result(tmp_path):
     from dsocr_cli.types import Block, PageImage, PageResult, ParsedPage, Prediction, Source
 
     image = Image.new("RGB", (1224, 1584), "white")
-    page = PageImage(Source(tmp_path / "a.pdf", "pdf", "a"), 4, image, dpi=144.0, scale=SCALE, page_count=9)
+    page = PageImage(Source(tmp_path / "a.pdf", "pdf", "a"), 4, image, dpi=144.0, scale=SCALE)
     blocks = (Block("title", ((1.0, 2.0, 30.0, 40.0),), "# Hi", 0), Block("image", (), "", 1))
     result = PageResult(page, Prediction("raw", 3, "eos", 0.1), ParsedPage(blocks))
     assert PageText.from_result(result) == PageText(
