@@ -79,6 +79,17 @@ Searchable = Annotated[
 ]
 LayoutPdf = Annotated[bool, typer.Option("--layout-pdf", help="Also write layout.pdf: the annotated pages.")]
 FigureDpi = Annotated[float, typer.Option("--figure-dpi", min=72, max=1200, help="DPI of PDF figure crops.")]
+Workers = Annotated[
+    str,
+    typer.Option(
+        help="Engine processes on this host: N, or auto (one per visible GPU, CUDA_VISIBLE_DEVICES chooses; "
+        "one without a GPU). With --ray: at most N actors."
+    ),
+]
+Ray = Annotated[
+    str | None,
+    typer.Option(help="Run the workers as actors of this Ray cluster (auto, host:port, ray://host:10001)."),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (needs -o).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only on stderr (for cron).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
@@ -107,6 +118,8 @@ def build_options(f: dict) -> Options:
             trust_remote_code=f["trust_remote_code"],
             retry_unfinished=f["retry"],
             decoder=f["decoder"],
+            workers=parse_workers(f["workers"]),
+            ray=f["ray"],
         ),
         task=TaskOptions(name=f["task"], prompt=f["prompt"]),
         output=OutputOptions(
@@ -120,12 +133,25 @@ def build_options(f: dict) -> Options:
     )
 
 
+def parse_workers(value: str) -> int | None:
+    """`auto` -> None (decided by the GPUs there are), else a positive count."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise UsageError(f"invalid --workers {value!r}", "give a positive number or auto")
+    return count
+
+
 def program(
     env: Environment, paths: list[str], options: Options, want=None, json_summary=False, quiet=False
 ) -> ExitCode:
     """Run dsocr on `paths`; raises DsocrError for setup problems, returns the exit code otherwise."""
     from dsocr_cli.discover import discover, expand_arguments
-    from dsocr_cli.engines import load_engine
+    from dsocr_cli.engines import start_engine
     from dsocr_cli.writers.stdout import StdoutOutput
     from dsocr_cli.writers.tree import TreeOutput
 
@@ -150,8 +176,12 @@ def program(
         output = StdoutOutput(env.data, sources)
     try:
         events.model_loading(options.engine.model)
-        engine = load_engine(options.engine)
-        return _run_pipeline(env, options, engine, output, events, sources, rejected, json_summary)
+        engine = start_engine(options.engine, events)
+        try:
+            return _run_pipeline(env, options, engine, output, events, sources, rejected, json_summary)
+        finally:
+            if hasattr(engine, "close"):
+                engine.close()  # a worker pool: every worker stops, none is left behind
     finally:
         output.close()
 
@@ -237,6 +267,8 @@ def _ocr_command(name: str, want, help_text: str):
         force: Force = False,
         retry: Retry = True,
         decoder: Decoder = "slots",
+        workers: Workers = "auto",
+        ray: Ray = None,
         wait: Wait = False,
         searchable_pdf: Searchable = False,
         layout_pdf: LayoutPdf = False,

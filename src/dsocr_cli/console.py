@@ -83,12 +83,13 @@ class ConsoleEvents:
         self.quiet = quiet
         self.bar = None
         self.pages = 0
+        self.workers: dict[int, object] = {}  # worker slot -> its line in the progress display
         if env.err_is_tty and not quiet:
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("docs · {task.fields[pages]} pages · {task.fields[rate]}"),
+                TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=Console(file=env.err),
@@ -98,7 +99,7 @@ class ConsoleEvents:
     def run_started(self, documents: int) -> None:
         if self.bar:
             self.bar.start()
-            self.task = self.bar.add_task("OCR", total=documents, pages=0, rate="")
+            self.task = self.bar.add_task("OCR", total=documents, detail="docs · 0 pages")
         self._started = None
 
     def rejected(self, item: Rejected) -> None:
@@ -125,7 +126,7 @@ class ConsoleEvents:
         if self.bar:
             elapsed = time.perf_counter() - (self._started or time.perf_counter())
             rate = f"{self.pages / elapsed:.2f} pages/s" if elapsed > 0 else ""
-            self.bar.update(self.task, pages=self.pages, rate=rate)
+            self.bar.update(self.task, detail=f"docs · {self.pages} pages · {rate}")
 
     def document_finished(self, result: DocumentResult) -> None:
         if self.bar:
@@ -144,6 +145,22 @@ class ConsoleEvents:
             )
         else:
             log.info("skipped %s: %s", show_path(result.source.path), result.message or "already done")
+
+    def workers_changed(self, workers: list[dict]) -> None:
+        """One line per worker under the bar: where it runs, its pages, tok/s and restarts."""
+        if not self.bar:
+            return
+        for worker in workers:
+            where = f"worker {worker['worker']} {worker.get('device', '?')}@{worker.get('host', '?')}"
+            detail = (
+                f"{worker['pages']} pages · {worker['tokens_per_second']:.0f} tok/s · "
+                f"{worker['restarts']} restarts · {worker['state']}"
+            )
+            task = self.workers.get(worker["worker"])
+            if task is None:
+                self.workers[worker["worker"]] = self.bar.add_task(where, total=None, detail=detail)
+            else:
+                self.bar.update(task, description=where, detail=detail)
 
     def run_finished(self) -> None:
         if self.bar:

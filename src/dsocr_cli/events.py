@@ -1,5 +1,6 @@
 """Progress reaches the user through this protocol alone; stages never see it. The pipeline,
-in the main process, is the only caller. `NoEvents` is the silent default (tests, the Python API).
+in the main process, is the only caller, but for `workers_changed`: a worker pool (also in the
+main process) reports its workers' state there. `NoEvents` is the silent default (tests, the Python API).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class Events(Protocol):
     def document_started(self, source: Source) -> None: ...
     def pages_done(self, predictions: list[Prediction]) -> None: ...
     def document_finished(self, result: DocumentResult) -> None: ...
+    def workers_changed(self, workers: list[dict]) -> None: ...
     def run_finished(self) -> None: ...
 
 
@@ -37,6 +39,9 @@ class NoEvents:
         pass
 
     def document_finished(self, result: DocumentResult) -> None:
+        pass
+
+    def workers_changed(self, workers: list[dict]) -> None:
         pass
 
     def run_finished(self) -> None:

@@ -97,6 +97,8 @@ class EngineOptions:
     no_repeat_window: int = 90
     decoder: str = "slots"  # slots: continuous batching; generate: transformers' generate per batch
     retry_unfinished: bool = True  # retry once, strictly, a page that looped or hit the token limit
+    workers: int | None = None  # engine processes on this host; None: one per visible GPU (one without)
+    ray: str | None = None  # a Ray cluster address: workers are Ray actors there
 
 
 @dataclass(frozen=True)

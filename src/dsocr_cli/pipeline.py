@@ -177,7 +177,8 @@ class Pipeline:
                 continue
             if not isinstance(prediction, Prediction):
                 where = f"{show_path(page.source.path)}: page {page.number}"
-                self._fail(page.source, "engine", f"{where}: {_one_line(prediction)}")
+                reason = getattr(prediction, "reason", "engine")  # a worker pool's lost page: "worker"
+                self._fail(page.source, reason, f"{where}: {_one_line(prediction)}")
                 continue
             parsed = grounding.parse(prediction.text, *page.size)
             try:

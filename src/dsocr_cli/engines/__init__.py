@@ -45,10 +45,30 @@ def register(name: str, factory: str | Callable[[EngineOptions], Engine]) -> Non
 
 
 def load_engine(options: EngineOptions) -> Engine:
-    factory = FACTORIES.get(options.engine)
-    if factory is None:
-        raise UsageError(f"unknown engine {options.engine!r}", f"choose one of: {', '.join(sorted(FACTORIES))}")
+    factory = _factory(options)
     if isinstance(factory, str):
         module, _, func = factory.partition(":")
         factory = getattr(importlib.import_module(module), func)
     return factory(options)
+
+
+def start_engine(options: EngineOptions, events=None) -> Engine:
+    """The configured engine: in this process, or one per worker (`--workers`, `--ray`) behind
+    the same contract. Workers build the factory registered here, so registered fakes work too."""
+    if options.ray is not None:
+        from dsocr_cli.engines.ray import start_ray_pool
+
+        return start_ray_pool(_factory(options), options, events)
+    from dsocr_cli.engines.pool import start_pool, worker_count
+
+    count = worker_count(options)
+    if count <= 1:
+        return load_engine(options)
+    return start_pool(_factory(options), options, count, events)
+
+
+def _factory(options: EngineOptions) -> str | Callable[[EngineOptions], Engine]:
+    factory = FACTORIES.get(options.engine)
+    if factory is None:
+        raise UsageError(f"unknown engine {options.engine!r}", f"choose one of: {', '.join(sorted(FACTORIES))}")
+    return factory

@@ -1,0 +1,162 @@
+"""The worker's side of a worker pool: one engine, fed pages on demand over one connection.
+
+The worker asks for pages when its engine has room (a free decode slot, or an empty batch) and
+sends each page's outcome back as it ends, so the driver hands out work as workers free up and
+always knows which pages each one holds. The same loop runs in a spawned process
+(engines/pool.py) and in a Ray actor (engines/ray.py); only the connection differs.
+
+    worker -> driver   ("ready", info) | ("setup-failed", error) | ("want", n, holding) | ("result", id, outcome)
+    driver -> worker   a list of jobs (id, page, prompt, strict); [] finish what you hold; None stop
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from dsocr_cli.errors import DsocrError, ExitCode
+
+PREFETCH = 2  # pages a streaming worker asks for at a time: one to admit, one waiting
+
+
+def build_engine(factory: str | Callable, options):
+    """Load the engine in this worker, from the same registered factory the driver would use."""
+    import importlib
+
+    if isinstance(factory, str):
+        module, _, func = factory.partition(":")
+        factory = getattr(importlib.import_module(module), func)
+    return factory(options)
+
+
+def worker_info(engine, slot: int) -> dict:
+    """What the driver shows about this worker: device, host, process."""
+    device = getattr(engine, "device", "cpu")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    label = f"{device}:{visible}" if device == "cuda" and visible else device
+    info = {"worker": slot, "device": label, "host": socket.gethostname(), "pid": os.getpid()}
+    if device == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def setup_failure(exc: BaseException) -> tuple:
+    """A load error as plain values, so the driver can raise the same kind of error."""
+    if isinstance(exc, DsocrError):
+        return type(exc).__name__, exc.message, exc.hint, int(exc.exit_code)
+    return type(exc).__name__, f"{type(exc).__name__}: {exc}", None, int(ExitCode.INTERNAL)
+
+
+def serve(engine, conn) -> None:
+    """Ask for pages, run them, send each outcome back; until the driver says stop."""
+    streams = getattr(engine, "continuous", False) and hasattr(engine, "stream")
+    want = PREFETCH if streams else max(1, getattr(engine, "batch_size", 1))
+    while True:
+        conn.send(("want", want, 0))
+        jobs = conn.recv()
+        if jobs is None:
+            return
+        if not jobs:
+            continue
+        if streams:
+            if _stream(engine, conn, jobs):
+                return
+        else:
+            _batches(engine, conn, jobs)
+
+
+def _stream(engine, conn, jobs: list) -> bool:
+    """Feed the engine's continuous stream from the driver until the driver has nothing more for
+    now; True when the driver said stop."""
+    waiting = deque(jobs)
+    held: dict[int, tuple] = {}  # id(page) -> job, for pages inside the engine
+    stopped = False
+
+    def incoming() -> Iterator:
+        nonlocal stopped
+        while True:
+            if not waiting:
+                conn.send(("want", PREFETCH, len(held)))
+                more = conn.recv()
+                if not more:  # None (stop) or [] (nothing more now): let the engine finish what it holds
+                    stopped = more is None
+                    return
+                waiting.extend(more)
+            job = waiting.popleft()
+            if job[3]:  # a strict retry goes through predict, right away
+                _send(conn, job[0], _predict_one(engine, job))
+                continue
+            held[id(job[1])] = job
+            yield job[1]
+
+    first = jobs[0]
+    for page, outcome in engine.stream(incoming(), first[2]):
+        job = held.pop(id(page))
+        _send(conn, job[0], outcome)
+    return stopped
+
+
+def _batches(engine, conn, jobs: list) -> None:
+    """An engine without a stream: its pages through predict, grouped by prompt and strictness."""
+    groups: dict[tuple, list] = {}
+    for job in jobs:
+        groups.setdefault((job[2], job[3]), []).append(job)
+    for (prompt, strict), group in groups.items():
+        for job, outcome in _predict(engine, group, prompt, strict):
+            _send(conn, job[0], outcome)
+
+
+def _predict(engine, jobs: list, prompt: str, strict: bool) -> list:
+    """Predict a batch; when it fails, split it, so that only a page failing alone is lost."""
+    try:
+        return list(zip(jobs, engine.predict([j[1] for j in jobs], prompt, strict=strict), strict=True))
+    except Exception as exc:
+        if len(jobs) == 1:
+            return [(jobs[0], exc)]
+        half = len(jobs) // 2
+        return _predict(engine, jobs[:half], prompt, strict) + _predict(engine, jobs[half:], prompt, strict)
+
+
+def _predict_one(engine, job: tuple):
+    return _predict(engine, [job], job[2], job[3])[0][1]
+
+
+def _send(conn, job_id: int, outcome) -> None:
+    """An outcome back to the driver; an exception that cannot travel goes as a RuntimeError."""
+    if isinstance(outcome, BaseException):
+        try:
+            pickle.loads(pickle.dumps(outcome))
+        except Exception:
+            outcome = RuntimeError(f"{type(outcome).__name__}: {outcome}")
+    conn.send(("result", job_id, outcome))
+
+
+def process_main(slot: int, factory, options, conn, environment: dict, parent: int) -> None:
+    """A spawned worker process: pin the device, load the engine, serve until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt means
+    os.environ.update(environment)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    try:
+        engine = build_engine(factory, options)
+    except BaseException as exc:
+        conn.send(("setup-failed", setup_failure(exc)))
+        return
+    conn.send(("ready", worker_info(engine, slot)))
+    with contextlib.suppress(EOFError, OSError):  # the driver is gone
+        serve(engine, conn)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """No worker outlives its driver, even one killed with -9."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
