@@ -134,7 +134,7 @@ class WorkerPool:
             self.close()
             raise failure
         self.device = self.workers[0].info.get("device", "cpu").split(":")[0]
-        log.info("%d workers: %s", len(self.workers), ", ".join(_label(w.info) for w in self.workers))
+        log.info("%d workers: %s", len(self.workers), ", ".join(f"{w.slot} {_label(w.info)}" for w in self.workers))
         self._show(force=True)
         return self
 
@@ -340,7 +340,8 @@ class WorkerPool:
 
 
 def _label(info: dict) -> str:
-    return f"{info.get('device', '?')}@{info.get('host', '?')}" if info else "not started"
+    """Where a worker runs, for log lines: `cuda:3@host pid 1234`."""
+    return f"{info.get('device', '?')}@{info.get('host', '?')} pid {info.get('pid', '?')}" if info else "not started"
 
 
 def _setup_error(payload: tuple) -> DsocrError:

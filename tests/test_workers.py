@@ -1,0 +1,162 @@
+"""A pool of engine workers (--workers): the same output as one process, and faults that cost only
+the pages inside a dead worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import offline_env
+from dsocr_cli.discover import discover
+from dsocr_cli.engines import register, start_engine
+from dsocr_cli.options import EngineOptions, Options, OutputOptions
+from dsocr_cli.pipeline import Pipeline
+from dsocr_cli.samples import make_image, make_pdf
+from dsocr_cli.writers.tree import TreeOutput
+
+TIMINGS = {"seconds", "started", "finished", "mtime"}
+
+
+def corpus(folder: Path) -> Path:
+    for i in range(3):
+        make_image(folder / f"img{i}.png", size=(420 + 40 * i, 320), text=f"page {i}")
+    make_pdf(folder / "doc.pdf", pages=2)
+    return folder
+
+
+def without_timings(value):
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def tree(out: Path) -> dict[str, object]:
+    """Every file under OUT but the run summary: bytes, or JSON without its timings."""
+    files = {}
+    for path in sorted(out.rglob("*")):
+        name = path.relative_to(out).as_posix()
+        if path.is_dir() or name == "summary.json" or name.startswith(".dsocr"):
+            continue
+        files[name] = without_timings(json.loads(path.read_text())) if path.suffix == ".json" else path.read_bytes()
+    return files
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_two_cpu_workers_write_the_same_tree_as_one(dsocr, tmp_path):
+    inputs = corpus(tmp_path / "in")
+    env = offline_env(OMP_NUM_THREADS="1")  # the same arithmetic in every process
+    one = dsocr("run", str(inputs), "-o", str(tmp_path / "one"), "--workers", "1", env=env)
+    two = dsocr("run", str(inputs), "-o", str(tmp_path / "two"), "--workers", "2", env=env)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    assert len([n for n in tree(tmp_path / "two") if n.endswith("document.json")]) == 4
+    workers = summary(tmp_path / "two")["engine"]["workers"]
+    assert [(w["worker"], w["device"], w["state"], w["restarts"]) for w in workers] == [
+        (0, "cpu", "running", 0),
+        (1, "cpu", "running", 0),
+    ]
+    assert sum(w["pages"] for w in workers) >= 5 and all(w["host"] and w["pid"] for w in workers)
+    assert "workers" not in summary(tmp_path / "one").get("engine", {})
+
+
+class Run:
+    """The real command in the background, its stderr read as it comes."""
+
+    def __init__(self, tiny_model: Path, *args: str):
+        command = [sys.executable, "-m", "dsocr_cli", *args, "--model", str(tiny_model), "--device", "cpu"]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env()
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 240) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            assert self.process.poll() is None, "".join(self.lines)
+            time.sleep(0.1)
+        raise AssertionError(f"no {pattern!r} in:\n{''.join(self.lines)}")
+
+    def worker_pids(self) -> list[int]:
+        line = self.wait_for(r"2 workers: .*").group(0)
+        return [int(pid) for pid in re.findall(r"pid (\d+)", line)]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/status").read_text().find("zombie") >= 0
+
+
+def test_a_worker_killed_mid_run_costs_nothing(tiny_model, tmp_path):
+    inputs = corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    run = Run(tiny_model, "run", str(inputs), "-o", str(out), "--workers", "2", "--max-new-tokens", "40")
+    victim = run.worker_pids()[0]
+    run.wait_for(r"done .*page\(s\)")  # mid-run: a document is done, others are in the workers
+    os.kill(victim, signal.SIGKILL)
+    assert run.process.wait(timeout=600) == 0, "".join(run.lines)
+    report = summary(out)
+    keys = [item["key"] for item in report["items"]]
+    assert sorted(keys) == ["doc.pdf", "img0.png", "img1.png", "img2.png"]  # every document once
+    assert {item["status"] for item in report["items"]} == {"done"}
+    assert [w["restarts"] for w in report["engine"]["workers"]] == [1, 0]
+    assert "died" in "".join(run.lines) and "Traceback" not in "".join(run.lines)
+    assert not (out / ".dsocr-staging").exists()
+
+
+def test_sigterm_stops_every_worker(tiny_model, tmp_path):
+    inputs = corpus(tmp_path / "in")
+    run = Run(tiny_model, "run", str(inputs), "-o", str(tmp_path / "out"), "--workers", "2", "--max-new-tokens", "400")
+    pids = run.worker_pids()
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(timeout=120) == 130
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"workers {pids} outlived the run"
+        time.sleep(0.1)
+
+
+def test_a_poison_page_fails_only_its_document(tmp_path):
+    register("poison", "fake_engines:load_poison")
+    names = ["a.png", "b.png", "poison.png", "c.png", "d.png", "e.png"]
+    files = [str(make_image(tmp_path / "in" / n, size=(300, 200))) for n in names]
+    sources, _ = discover(files)
+    out = tmp_path / "out"
+    options = Options(engine=EngineOptions(engine="poison", workers=2), output=OutputOptions(out=out))
+    engine = start_engine(options.engine)
+    tree_output = TreeOutput(out, options.output)
+    try:
+        result = Pipeline(options, engine, tree_output).run(sources)
+        workers = engine.stats()["workers"]
+    finally:
+        tree_output.close()
+        engine.close()
+    status = {d.source.key: (d.status, d.reason) for d in result.documents}
+    assert status == {n: ("failed", "worker") if n == "poison.png" else ("done", None) for n in names}
+    assert "stopped the two workers" in next(d.message for d in result.documents if d.status == "failed")
+    assert sum(w["restarts"] for w in workers) == 2  # it met both workers, and no other page killed one
+    assert sorted(p.parent.name for p in out.rglob("document.json")) == sorted(set(names) - {"poison.png"})
+    for name in set(names) - {"poison.png"}:
+        assert f"text of {name} page 1" in (out / name / "document.md").read_text()
