@@ -22,11 +22,11 @@ from pathlib import Path
 from dsocr_cli.errors import SetupError, show_path
 from dsocr_cli.grounding import to_markdown
 from dsocr_cli.options import OutputOptions
-from dsocr_cli.render import fingerprint, render_region
-from dsocr_cli.types import Block, PageResult, Source
+from dsocr_cli.render import fingerprint
+from dsocr_cli.types import Block, Box, PageResult, Source
 from dsocr_cli.writers import document as docjson
-from dsocr_cli.writers.annotate import annotate
 from dsocr_cli.writers.files import replace_dir, write_bytes, write_json, write_text
+from dsocr_cli.writers.images import Painter
 from dsocr_cli.writers.lock import OutputLock
 
 STAGING = ".dsocr-staging"
@@ -73,10 +73,27 @@ def is_done(folder: Path, source: Source, settings: dict) -> bool:
     return recorded.get("mtime") == st.st_mtime or recorded.get("sha256") == fingerprint(source.path)["sha256"]
 
 
+def figure_crops(result: PageResult, stem: str) -> list[tuple[int, str, Box]]:
+    """(block order, file name, box) of each figure crop the page gets: figures/<stem>-NN.png."""
+    crops = []
+    for block in result.parsed.blocks:
+        if block.label == "image":
+            for box in block.boxes:
+                crops.append((block.order, f"figures/{stem}-{len(crops) + 1:02d}.png", box))
+    return crops
+
+
 class DocumentFolder:
     """Writes one document's files into staging as its pages arrive; `commit` moves them into place."""
 
-    def __init__(self, out: Path, source: Source, options: OutputOptions | None = None, password: str | None = None):
+    def __init__(
+        self,
+        out: Path,
+        source: Source,
+        options: OutputOptions | None = None,
+        password: str | None = None,
+        painter: Painter | None = None,
+    ):
         self.out = out
         self.source = source
         self.options = options or OutputOptions(out=out)
@@ -86,13 +103,18 @@ class DocumentFolder:
         self.pages: dict[int, dict] = {}
         self.markdown: dict[int, str] = {}
         self.texts: dict[int, object] = {}  # PageText per page, for the searchable PDF
+        self.painter = painter or Painter(processes=0)
+        self.painting: list = []  # the pages' image outputs being made (Futures)
 
     def add_page(self, result: PageResult) -> None:
-        """Write the page's markdown, raw output, annotated image and figure crops."""
+        """Write the page's markdown and raw output; its annotated image and figure crops are
+        made by the painter and waited for at commit."""
         page = result.page
         stem = f"{page.number:04d}"
-        figures = self._crop_figures(result, stem)
-        links = {order: [f"figures/{Path(f).name}" for f in files] for order, files in figures.items()}
+        crops = figure_crops(result, stem)
+        links: dict[int, list[str]] = {}
+        for order, name, _ in crops:
+            links.setdefault(order, []).append(name)
 
         def link(block: Block, k: int) -> str | None:
             names = links.get(block.order, [])
@@ -107,7 +129,9 @@ class DocumentFolder:
         }
         write_text(self.staging / files["markdown"], page_markdown)
         write_text(self.staging / files["raw"], result.prediction.text)
-        self._save_image(annotate(page.image, result.parsed.blocks), self.staging / files["annotated"], "JPEG")
+        painted = [(name, box) for _, name, box in crops]
+        args = (result, self.staging, files["annotated"], painted, self.options.figure_dpi, self.password)
+        self.painting.append(self.painter.submit(*args))
         self.pages[page.index] = docjson.page_record(result, files, links)
         self.markdown[page.index] = markdown
         if self.options.searchable_pdf:
@@ -115,41 +139,9 @@ class DocumentFolder:
 
             self.texts[page.index] = PageText.from_result(result)
 
-    def _crop_figures(self, result: PageResult, stem: str) -> dict[int, list[str]]:
-        figures: dict[int, list[str]] = {}
-        count = 0
-        for block in result.parsed.blocks:
-            if block.label != "image":
-                continue
-            for box in block.boxes:
-                count += 1
-                name = f"figures/{stem}-{count:02d}.png"
-                self._save_image(self._figure(result, box), self.staging / name, "PNG")
-                figures.setdefault(block.order, []).append(name)
-        return figures
-
-    def _figure(self, result: PageResult, box):
-        """PDF figures are re-rendered from the page at figure_dpi, sharper than the OCR input."""
-        page = result.page
-        if page.source.kind == "pdf" and self.options.figure_dpi > (page.dpi or 0):
-            try:
-                rect = tuple(v / page.scale for v in box)
-                return render_region(page.source, page.index, rect, self.options.figure_dpi, self.password)
-            except Exception:  # a page that rendered once but not twice: fall back to the OCR image
-                pass
-        x1, y1, x2, y2 = (round(v) for v in box)
-        return page.image.crop((x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)))  # at least one pixel
-
-    @staticmethod
-    def _save_image(image, path: Path, fmt: str) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
-        write_bytes(path, buffer.getvalue())
-
     def commit(self, fingerprint: dict, settings: dict, seconds: float) -> list[str]:
         """Write document.md and document.json, then move the folder into place. Returns its files."""
+        self.painter.wait(self.painting)
         order = sorted(self.pages)
         joined = docjson.join_pages([(i + 1, self.markdown[i]) for i in order])
         write_text(self.staging / "document.md", joined)
@@ -184,6 +176,7 @@ class DocumentFolder:
         return names
 
     def abort(self) -> None:
+        self.painter.cancel(self.painting)
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -196,15 +189,17 @@ class TreeOutput:
         self.password = password
         self.lock = OutputLock(self.out, wait=self.options.wait).acquire()
         clear_debris(self.out)
+        self.painter = Painter()
 
     def is_done(self, source: Source, settings: dict) -> bool:
         return not self.options.force and is_done(self.out.joinpath(*source.key.split("/")), source, settings)
 
     def close(self) -> None:
+        self.painter.close()
         self.lock.release()
 
     def open(self, source: Source) -> DocumentFolder:
-        return DocumentFolder(self.out, source, self.options, self.password)
+        return DocumentFolder(self.out, source, self.options, self.password, self.painter)
 
     def finished(self, result, sink) -> None:
         pass

@@ -1,0 +1,117 @@
+"""A page's image outputs, the annotated JPEG and the figure crops (PDF figures re-rendered at
+--figure-dpi and PNG-encoded), made in a process pool: they cost more CPU than the rest of the
+pipeline's main process put together, and with several GPUs that process must keep up with all.
+
+The files go into the document's staging folder like every other output; the document is
+committed only once all of its pages' images are written (`Painter.wait`).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import signal
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from dsocr_cli.render import render_region
+from dsocr_cli.types import Box, PageResult
+from dsocr_cli.writers.annotate import annotate
+from dsocr_cli.writers.files import write_bytes
+
+
+def paint_page(
+    result: PageResult,
+    staging: Path,
+    annotated: str,
+    crops: list[tuple[str, Box]],
+    figure_dpi: float,
+    password: str | None,
+) -> None:
+    """Write the annotated page and each figure crop (name, box in page-image pixels) under `staging`."""
+    for name, box in crops:
+        save_image(figure(result, box, figure_dpi, password), staging / name, "PNG")
+    save_image(annotate(result.page.image, result.parsed.blocks), staging / annotated, "JPEG")
+
+
+def figure(result: PageResult, box: Box, figure_dpi: float, password: str | None):
+    """PDF figures are re-rendered from the page at figure_dpi, sharper than the OCR input."""
+    page = result.page
+    if page.source.kind == "pdf" and figure_dpi > (page.dpi or 0):
+        try:
+            rect = tuple(v / page.scale for v in box)
+            return render_region(page.source, page.index, rect, figure_dpi, password)
+        except Exception:  # a page that rendered once but not twice: fall back to the OCR image
+            pass
+    x1, y1, x2, y2 = (round(v) for v in box)
+    return page.image.crop((x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)))  # at least one pixel
+
+
+def save_image(image, path: Path, fmt: str) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    write_bytes(path, buffer.getvalue())
+
+
+class Painter:
+    """Runs `paint_page` in worker processes, at most `ahead` pages queued per process so page
+    images never pile up in memory; `processes=0` paints in this process (the same files)."""
+
+    def __init__(self, processes: int | None = None, ahead: int = 4):
+        self.processes = max(1, (os.cpu_count() or 2) - 1) if processes is None else processes
+        self.limit = max(1, self.processes * ahead)
+        self.executor: ProcessPoolExecutor | None = None
+        self.pending: deque[Future] = deque()
+
+    def submit(self, *args) -> Future:
+        """Queue one page's images; waits for the oldest page while too many are queued."""
+        if self.processes == 0:
+            done: Future = Future()
+            try:
+                done.set_result(paint_page(*args))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
+        while len(self.pending) >= self.limit:
+            self.pending.popleft().exception()  # its document sees the outcome through its own future
+        future = self._executor().submit(paint_page, *args)
+        self.pending.append(future)
+        return future
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self.executor is None or getattr(self.executor, "_broken", False):  # a killed process breaks the pool
+            context = multiprocessing.get_context("spawn")
+            self.executor = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_ignore_interrupts)
+            self.pending.clear()
+        return self.executor
+
+    @staticmethod
+    def wait(futures: list[Future]) -> None:
+        """Raise the first failure among a document's pages, once all are written."""
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if isinstance(first, BrokenProcessPool):
+            raise OSError("the process writing page images died") from first
+        if first is not None:
+            raise first
+
+    @staticmethod
+    def cancel(futures: list[Future]) -> None:
+        """Drop a document's queued pages and wait for those already being written."""
+        for future in futures:
+            future.cancel()
+        for future in futures:
+            if not future.cancelled():
+                future.exception()
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what an interrupt means
