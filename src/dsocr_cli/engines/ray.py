@@ -1,0 +1,158 @@
+"""Many hosts: `--ray ADDRESS` runs the workers as Ray actors, one per GPU of the cluster.
+
+The driver is the same as for one host (engines/pool.py): it keeps discovery, rendering, the
+output lock and every write, and hands rendered pages out as actors ask for them. Only the
+connection differs: each actor runs the worker loop (engines/worker.py) on a thread, and a pair
+of driver threads carries its messages over Ray calls. An actor that dies, or whose node goes,
+closes its connection like a dead process does, and its pages go to another actor once.
+
+Ray is an optional extra (`pip install 'dsocr[ray]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+
+from dsocr_cli.engines.pool import WorkerPool
+from dsocr_cli.engines.worker import build_engine, serve, setup_failure, worker_info
+from dsocr_cli.errors import SetupError
+from dsocr_cli.options import EngineOptions
+
+log = logging.getLogger(__name__)
+
+
+class _QueueConnection:
+    """The worker loop's connection, inside an actor: two local queues."""
+
+    def __init__(self, inbound: queue.Queue, outbound: queue.Queue):
+        self.inbound, self.outbound = inbound, outbound
+
+    def send(self, message) -> None:
+        self.outbound.put(message)
+
+    def recv(self):
+        return self.inbound.get()
+
+
+class WorkerActor:
+    """One engine on one Ray worker: loads it on a thread and serves the driver's pages."""
+
+    def __init__(self, slot: int, factory, options: EngineOptions):
+        self.inbound: queue.Queue = queue.Queue()
+        self.outbound: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, args=(slot, factory, options), daemon=True).start()
+
+    def _run(self, slot: int, factory, options: EngineOptions) -> None:
+        conn = _QueueConnection(self.inbound, self.outbound)
+        try:
+            engine = build_engine(factory, options)
+        except BaseException as exc:
+            conn.send(("setup-failed", setup_failure(exc)))
+            return
+        conn.send(("ready", worker_info(engine, slot)))
+        serve(engine, conn)
+        conn.send(("stopped",))
+
+    def take(self):
+        """The next message for the driver (blocks on the actor's own thread pool)."""
+        return self.outbound.get()
+
+    def give(self, message) -> None:
+        self.inbound.put(message)
+
+
+class RayLauncher:
+    """Starts WorkerActors spread over the cluster, one GPU each where the cluster has GPUs."""
+
+    def __init__(self, ray, factory, options: EngineOptions, gpus: bool):
+        self.ray = ray
+        self.factory = factory
+        self.options = options
+        resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+        self.actor_class = ray.remote(max_concurrency=2, **resources)(WorkerActor)
+
+    def launch(self, slot: int) -> tuple[Connection, object]:
+        actor = self.actor_class.options(scheduling_strategy="SPREAD").remote(slot, self.factory, self.options)
+        driver_end, relay_end = Pipe()
+        threading.Thread(target=self._to_driver, args=(actor, relay_end), daemon=True).start()
+        threading.Thread(target=self._to_actor, args=(actor, relay_end), daemon=True).start()
+        return driver_end, actor
+
+    def _to_driver(self, actor, relay: Connection) -> None:
+        """Actor -> driver; an actor or node that is gone closes the connection."""
+        try:
+            while True:
+                message = self.ray.get(actor.take.remote())
+                if message[0] == "stopped":
+                    break
+                relay.send(message)
+        except Exception as exc:  # RayActorError, ActorDiedError, a lost node
+            log.debug("actor connection closed: %s", exc)
+        finally:
+            relay.close()
+
+    def _to_actor(self, actor, relay: Connection) -> None:
+        """Driver -> actor, until the driver says stop or the connection closes."""
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                message = relay.recv()
+                actor.give.remote(message)
+                if message is None:
+                    return
+
+    def stop(self, handle, grace: float) -> None:
+        with contextlib.suppress(Exception):
+            self.ray.kill(handle)
+
+
+def connect(address: str):
+    """Import Ray and join the cluster; either failing is a setup error (exit 4)."""
+    try:
+        import ray
+    except ImportError:
+        raise SetupError("--ray needs Ray, which is not installed", "pip install 'dsocr[ray]'") from None
+    hint = "start it with `ray start --head`, or pass its address (host:port, ray://host:10001)"
+    why = _unreachable(address)
+    if why is None:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            return ray
+        except Exception as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    raise SetupError(f"cannot reach the Ray cluster at {address}: {why}", hint)
+
+
+def _unreachable(address: str) -> str | None:
+    """Why host:port takes no connection, found in seconds (ray.init would retry for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None  # `auto` and the like: Ray finds the cluster itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def start_ray_pool(factory, options: EngineOptions, events=None) -> WorkerPool:
+    """One actor per GPU of the cluster (one per node without GPUs), at most --workers."""
+    ray = connect(options.ray)
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if options.device != "cpu" else 0
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    count = gpus or max(1, nodes)
+    if options.workers:
+        count = min(count, options.workers) if gpus else options.workers
+    launcher = RayLauncher(ray, factory, options, gpus > 0)
+    pool = WorkerPool(launcher, count, options.engine, events)
+    try:
+        return pool.start()
+    except BaseException:
+        ray.shutdown()
+        raise
