@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
+import socket
 import threading
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -94,7 +96,7 @@ class RayLauncher:
         except Exception as exc:  # RayActorError, ActorDiedError, a lost node
             log.debug("actor connection closed: %s", exc)
         finally:
-            relay.close()
+            _hang_up(relay)
 
     def _to_actor(self, actor, relay: Connection) -> None:
         """Driver -> actor, until the driver says stop or the connection closes."""
@@ -108,6 +110,17 @@ class RayLauncher:
     def stop(self, handle, grace: float) -> None:
         with contextlib.suppress(Exception):
             self.ray.kill(handle)
+
+
+def _hang_up(relay: Connection) -> None:
+    """Close the relay so that both the driver and the other relay thread see the end at once
+    (a plain close leaves a thread blocked in recv on it, and the driver never hears)."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(relay.fileno()))
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+    with contextlib.suppress(OSError):
+        relay.close()
 
 
 def connect(address: str):
@@ -129,8 +142,6 @@ def connect(address: str):
 
 def _unreachable(address: str) -> str | None:
     """Why host:port takes no connection, found in seconds (ray.init would retry for minutes)."""
-    import socket
-
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return None  # `auto` and the like: Ray finds the cluster itself
