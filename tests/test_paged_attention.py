@@ -95,14 +95,17 @@ def kernel_device() -> str:
     pytest.skip("the Triton kernel needs CUDA, or TRITON_INTERPRET=1 on CPU")
 
 
-KERNEL_CASES = [(*case, None) for case in CASES] + [(*CASES[0], 1), (*CASES[1], 3)]  # default, one, several splits
+KERNEL_CASES = [(*case, {}) for case in CASES] + [  # default knobs, then one split, then several small steps
+    (*CASES[0], {"num_splits": 1}),
+    (*CASES[1], {"num_splits": 3, "block_n": 16}),
+]
 
 
-@pytest.mark.parametrize("lens,q_heads,kv_heads,dim,block_size,splits", KERNEL_CASES)
-def test_triton_kernel_matches_reference_fp32(lens, q_heads, kv_heads, dim, block_size, splits):
+@pytest.mark.parametrize("lens,q_heads,kv_heads,dim,block_size,knobs", KERNEL_CASES)
+def test_triton_kernel_matches_reference_fp32(lens, q_heads, kv_heads, dim, block_size, knobs):
     device = kernel_device()
     problem = paged_problem(lens, q_heads, kv_heads, dim, block_size, device=device, seed=len(lens))
-    got = triton_paged_decode_attention(*problem, scale=0.3, num_splits=splits, block_n=16)
+    got = triton_paged_decode_attention(*problem, scale=0.3, **knobs)
     want = reference_paged_decode_attention(*problem, scale=0.3)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
 
