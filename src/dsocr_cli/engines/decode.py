@@ -72,6 +72,7 @@ class DecoderConfig:
     exempt_ids: tuple[int, ...] = ()  # tokens never banned (table cells)
     retry: bool = True  # admit a page that looped or hit the limit again, strictly
     prefill_tokens: int = 4608  # prompt tokens prefilled per forward at most
+    prefill_share: float = 0.5  # of the run's time at most spent prefilling while lanes are running
     loop_span: int = 256  # a loop: the last loop_span tokens equal those some period earlier...
     loop_period: int = 512  # ...of at most this many tokens
     loop_every: int = 32  # steps between loop checks
@@ -117,6 +118,7 @@ class PagedDecoder:
         self.steps = 0
         self.admitted = 0
         self.preemptions = 0
+        self.prefill_seconds = 0.0
         self.timeline: list[tuple[float, str, int]] | None = None  # (time, event, count) when recording
 
     # ---- the decode step: fixed shapes per bucket, no host synchronisation ----
@@ -218,14 +220,22 @@ class PagedDecoder:
     # ---- the scheduler ----
 
     def run(
-        self, items: Iterable, prefill: Prefill, measure: Callable[[object], int] | None = None
+        self,
+        items: Iterable,
+        prefill: Prefill,
+        measure: Callable[[object], int] | None = None,
+        forget: Callable[[object], object] | None = None,
     ) -> Iterator[Finished]:
         """Yield a Finished for every item as it ends (retries already done, so each item once).
-        `measure(item)` tells an item's prompt tokens before its prefill where known."""
+        `measure(item)` tells an item's prompt tokens before its prefill where known; `forget(item)`
+        returns the item to keep once it is prefilled (without bulky inputs a retry can remake)."""
+        self.forget = forget or (lambda item: item)
         pending = iter(items)
         exhausted = False
+        started = time.perf_counter()
+        self.prefill_seconds = 0.0
         while True:
-            if not exhausted or self.queue:
+            if (not exhausted or self.queue) and self._may_prefill(started):
                 exhausted = yield from self._admit(pending, prefill, measure or (lambda item: self.config.max_prompt))
             if not self.lanes:
                 if exhausted and not self.queue:
@@ -236,6 +246,13 @@ class PagedDecoder:
             self.kv.flush()
             self._advance()
             yield from self._collect()
+
+    def _may_prefill(self, started: float) -> bool:
+        """Prefill shares the GPU with running lanes: while any run, it may take at most
+        `prefill_share` of the time, so a long queue of admissions never stalls decoding."""
+        if not self.lanes:
+            return True
+        return self.prefill_seconds <= self.config.prefill_share * (time.perf_counter() - started)
 
     def _admit(self, pending: Iterator, prefill: Prefill, measure) -> Iterator[Finished]:
         """Prefill one group of waiting sequences into free lanes; return True once `pending` is empty."""
@@ -262,7 +279,9 @@ class PagedDecoder:
             tokens += need
             spare -= blocks
         if group:
+            began = time.perf_counter()
             yield from self._prefill_group(group, prefill)
+            self.prefill_seconds += time.perf_counter() - began
         return exhausted and not self.queue
 
     def _headroom(self) -> int:
@@ -283,6 +302,8 @@ class PagedDecoder:
             yield from self._prefill_group(group[:half], prefill)
             yield from self._prefill_group(group[half:], prefill)
             return
+        for seq in group:
+            seq.item = self.forget(seq.item)
         self._place(group, logits, layer_kv, lengths)
         if self.timeline is not None:
             self.timeline.append((time.perf_counter(), "prefill", len(group)))

@@ -67,7 +67,8 @@ class HFEngine:
         """Continuous batching: pages are prefilled in small groups into free lanes and come back
         as soon as each one ends, in the order they finish; retries happen inside the decoder."""
         decoder = self.decoder_for(prompt)
-        run = decoder.run(pages, lambda group: self._prefill(group, prompt), self._measure)
+        forget = functools.partial(dataclasses.replace, inputs=None)  # a retry remakes them; 25+ MB a page
+        run = decoder.run(pages, lambda group: self._prefill(group, prompt), self._measure, forget)
         for done in run:
             if done.finish == "error":
                 yield done.item, done.ids
