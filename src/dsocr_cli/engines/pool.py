@@ -88,8 +88,9 @@ class Worker:
         """The worker as the progress display and summary.json show it."""
         seconds = time.perf_counter() - self.since if self.since else 0.0
         state = "retired" if self.retired else "running" if self.ready else "starting"
+        info = {k: v for k, v in self.info.items() if k != "retries_inside"}
         return dict(
-            self.info,
+            info,
             worker=self.slot,
             state=state,
             pages=self.pages,
@@ -111,6 +112,7 @@ class WorkerPool:
         self.events = events
         self.workers = [Worker(slot) for slot in range(count)]
         self.device = "cpu"
+        self.retries_inside = False  # True when the workers' engines retry looping pages themselves
         self.ids = 0
         self.source: Iterator[PageImage] | None = None
         self.prompt = ""
@@ -134,6 +136,7 @@ class WorkerPool:
             self.close()
             raise failure
         self.device = self.workers[0].info.get("device", "cpu").split(":")[0]
+        self.retries_inside = all(w.info.get("retries_inside") for w in self.workers)
         log.info("%d workers: %s", len(self.workers), ", ".join(f"{w.slot} {_label(w.info)}" for w in self.workers))
         self._show(force=True)
         return self

@@ -42,6 +42,7 @@ def worker_info(engine, slot: int) -> dict:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     label = f"{device}:{visible}" if device == "cuda" and visible else device
     info = {"worker": slot, "device": label, "host": socket.gethostname(), "pid": os.getpid()}
+    info["retries_inside"] = bool(getattr(engine, "retries_inside", False) and hasattr(engine, "stream"))
     if device == "cuda":
         import torch
 
@@ -78,7 +79,8 @@ def _stream(engine, conn, jobs: list) -> bool:
     """Feed the engine's continuous stream from the driver until the driver has nothing more for
     now; True when the driver said stop."""
     waiting = deque(jobs)
-    held: dict[int, tuple] = {}  # id(page) -> job, for pages inside the engine
+    held: dict[object, tuple] = {}  # page -> job, for pages inside the engine (an engine may hand back
+    # a copy of a page, without its bulky inputs: pages are compared by document and index)
     stopped = False
 
     def incoming() -> Iterator:
@@ -95,12 +97,12 @@ def _stream(engine, conn, jobs: list) -> bool:
             if job[3]:  # a strict retry goes through predict, right away
                 _send(conn, job[0], _predict_one(engine, job))
                 continue
-            held[id(job[1])] = job
+            held[job[1]] = job
             yield job[1]
 
     first = jobs[0]
     for page, outcome in engine.stream(incoming(), first[2]):
-        job = held.pop(id(page))
+        job = held.pop(page)
         _send(conn, job[0], outcome)
     return stopped
 

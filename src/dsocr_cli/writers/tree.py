@@ -14,6 +14,7 @@ reader never sees a half-written document and a crash leaves nothing that looks 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import uuid
@@ -130,6 +131,8 @@ class DocumentFolder:
         write_text(self.staging / files["markdown"], page_markdown)
         write_text(self.staging / files["raw"], result.prediction.text)
         painted = [(name, box) for _, name, box in crops]
+        if getattr(page, "inputs", None) is not None:  # the painter needs the pixels, not the model's inputs
+            result = dataclasses.replace(result, page=dataclasses.replace(page, inputs=None))
         args = (result, self.staging, files["annotated"], painted, self.options.figure_dpi, self.password)
         self.painting.append(self.painter.submit(*args))
         self.pages[page.index] = docjson.page_record(result, files, links)
