@@ -160,3 +160,10 @@ def test_a_poison_page_fails_only_its_document(tmp_path):
     assert sorted(p.parent.name for p in out.rglob("document.json")) == sorted(set(names) - {"poison.png"})
     for name in set(names) - {"poison.png"}:
         assert f"text of {name} page 1" in (out / name / "document.md").read_text()
+
+
+def test_workers_must_be_a_positive_count_or_auto(dsocr, tmp_path):
+    image = make_image(tmp_path / "a.png")
+    for bad in ("0", "two"):
+        result = dsocr("run", str(image), "--workers", bad, model=False)
+        assert result.returncode == 2 and f"invalid --workers '{bad}'" in result.stderr

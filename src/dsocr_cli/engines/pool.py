@@ -127,11 +127,15 @@ class WorkerPool:
 
     def start(self) -> WorkerPool:
         """Start every worker at once and wait until each has loaded its engine."""
-        for worker in self.workers:
-            self._launch(worker)
         failure = None
-        while failure is None and not all(w.ready for w in self.workers):
-            failure = self._pump(starting=True)
+        try:
+            for worker in self.workers:
+                self._launch(worker)
+            while failure is None and not all(w.ready for w in self.workers):
+                failure = self._pump(starting=True)
+        except BaseException:  # an interrupt while the models load
+            self.close(grace=0.0)
+            raise
         if failure is not None:
             self.close()
             raise failure
@@ -182,9 +186,10 @@ class WorkerPool:
             if worker.conn is not None:
                 with contextlib.suppress(OSError):
                     worker.conn.send(None)
+        deadline = time.monotonic() + grace
         for worker in self.workers:
             if worker.handle is not None:
-                self.launcher.stop(worker.handle, grace)
+                self.launcher.stop(worker.handle, max(0.0, deadline - time.monotonic()))
                 worker.handle = None
             if worker.conn is not None:
                 worker.conn.close()
