@@ -12,6 +12,8 @@ import io
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -84,7 +86,9 @@ class Painter:
     def _executor(self) -> ProcessPoolExecutor:
         if self.executor is None or getattr(self.executor, "_broken", False):  # a killed process breaks the pool
             context = multiprocessing.get_context("spawn")
-            self.executor = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_ignore_interrupts)
+            self.executor = ProcessPoolExecutor(
+                self.processes, mp_context=context, initializer=_as_helper, initargs=(os.getpid(),)
+            )
             self.pending.clear()
         return self.executor
 
@@ -113,5 +117,14 @@ class Painter:
             self.executor = None
 
 
-def _ignore_interrupts() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what an interrupt means
+def _as_helper(parent: int) -> None:
+    """A painter process ignores interrupts (the main process decides what they mean) and exits
+    when the main process is gone, even one killed with -9."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
