@@ -125,7 +125,7 @@ class Pipeline:
 
     def _pages(self, sources: Sequence[Source], on_failed=None):
         """The pages of open documents, acting on each document's start, end and failure on the way."""
-        for item in page_stream(self._to_do(sources), self.options.render):
+        for item in page_stream(self._to_do(sources), self.options.render, workers=self.options.render.workers):
             if isinstance(item, PageImage):
                 if item.source in self.open:
                     yield item
