@@ -238,17 +238,26 @@ def _page_message(page: PageImage, prepare: Prepare | None):
 
 
 def _dumps(message: tuple):
-    """Pickled for the parent. Tensors travel through shared memory (torch's reductions, registered
-    once torch is imported); when /dev/shm has no room for them, they are copied through the pipe."""
+    """Pickled for the parent. A page's tensors travel through shared memory (torch's reductions)
+    while /dev/shm has room for them twice over, and are copied through the pipe otherwise: with a
+    small /dev/shm (Docker's 64 MB) torch would fail part way and leave empty segments behind."""
     torch = sys.modules.get("torch")
-    if torch is not None:
+    size = sum(getattr(value, "nbytes", 0) for value in (getattr(message[1], "inputs", None) or {}).values())
+    if torch is not None and size and _shared_memory_free() >= 2 * size:
         # Named segments: the parent opens them itself. With the default (file descriptors) it would
         # have to fetch each one from this worker, and wait whenever rendering holds the GIL here.
         torch.multiprocessing.set_sharing_strategy("file_system")
+        with contextlib.suppress(RuntimeError):  # "unable to allocate shared memory": others took the room
+            return ForkingPickler.dumps(message)
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _shared_memory_free() -> int:
     try:
-        return ForkingPickler.dumps(message)
-    except RuntimeError:  # torch: "unable to allocate shared memory(shm) ...: No space left on device"
-        return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        stat = os.statvfs("/dev/shm")
+    except OSError:  # no /dev/shm to measure (macOS): let torch try
+        return sys.maxsize
+    return stat.f_bavail * stat.f_frsize
 
 
 def _first_line(exc: BaseException) -> str:
