@@ -133,7 +133,13 @@ class RenderWorker:
         context = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA and threads
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, options, render_fn, prepare, ahead), daemon=True)
-        self.process.start()
+        # Started with SIGINT blocked (it inherits that), so a Ctrl-C during its start-up cannot
+        # reach it before it ignores SIGINT itself.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()  # the parent keeps no copy of the worker's end: the worker's death reads as EOF
         self.timeout = options.timeout
         self.source: Source | None = None
@@ -190,6 +196,7 @@ def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare |
     """The worker: each source received becomes messages for the parent, sent by a second thread
     so rendering goes on while the parent is busy. The parent's end closing ends the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     outbox: queue.Queue = queue.Queue(maxsize=ahead)
     threading.Thread(target=_send_all, args=(conn, outbox), daemon=True).start()
     while True:
