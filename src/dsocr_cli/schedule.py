@@ -93,10 +93,7 @@ class RenderPool:
             if not busy:
                 return
             for conn in multiprocessing.connection.wait(list(busy)):  # a worker's death reads as EOF
-                item = busy[conn].receive()
-                if not busy[conn].alive:
-                    self.workers.remove(busy[conn])
-                yield item
+                yield busy[conn].receive()
 
     def _dispatch(self, sources: Iterator[Source]) -> Iterator[Started]:
         """Each idle worker, spawned as needed up to `size`, gets the next document. Started is
@@ -109,7 +106,9 @@ class RenderPool:
             self._idle().begin(source)
 
     def _idle(self) -> RenderWorker:
-        self.workers = [w for w in self.workers if w.source is not None or w.alive]  # one that died idle goes
+        # A dead worker goes once its document has its outcome (one that died on a document keeps
+        # it until its loss is read, after the pages it sent before dying).
+        self.workers = [w for w in self.workers if w.source is not None or w.alive]
         idle = next((w for w in self.workers if w.source is None), None)
         if idle is None:
             idle = RenderWorker(*self.start)
