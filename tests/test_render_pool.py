@@ -218,10 +218,13 @@ def test_a_worker_crashing_while_others_render_costs_only_its_document(tmp_path)
     for name in ("a.pdf", "crash.pdf", "b.pdf", "c.pdf", "d.pdf"):
         make_pdf(tmp_path / name, pages=4)
     sources, _ = discover([str(tmp_path / n) for n in ("a.pdf", "crash.pdf", "b.pdf", "c.pdf", "d.pdf")])
-    items = list(page_stream(sources, RenderOptions(), crash_late, workers=3))
+    items = []
+    for item in page_stream(sources, RenderOptions(), crash_late, workers=3):
+        items.append(item)
+        time.sleep(0.2)  # a consumer as slow as an engine: the crashed worker's page is read after its death
     outcomes = {
         i.source.key: (type(i).__name__, getattr(i, "pages", None) or i.error.reason)
-        for i in items[3:]
+        for i in items
         if isinstance(i, (Rendered, Failed))
     }
     assert outcomes == {

@@ -170,14 +170,15 @@ class RenderWorker:
 
     def _lost(self, source: Source, exc: Exception) -> Failed:
         self.source = None
-        if self.alive:  # its page cannot be received: this worker's state is unknown, so it goes
-            self.kill()
+        self.process.join(timeout=1)  # after an EOF it is on its way out
+        crashed = not self.alive
+        self.kill()  # alive: its page cannot be rebuilt here, and its state is unknown
         self.join()
         name = show_path(source.path)
         if self.process.exitcode == -signal.SIGALRM:
             why = f"rendering stalled for over {self.timeout:.0f} s (page {self.pages + 1})"
             return Failed(source, InputError(f"{name}: {why}", "render-timeout"))
-        if isinstance(exc, EOFError):
+        if crashed:
             return Failed(source, InputError(f"{name}: the renderer crashed", "render-crash"))
         why = f"page {self.pages + 1} could not be received from the renderer ({_first_line(exc)})"
         return Failed(source, InputError(f"{name}: {why}", "render-crash"))
