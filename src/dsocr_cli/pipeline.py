@@ -145,9 +145,8 @@ class Pipeline:
                 self._fail(item.source, item.error.reason, item.error.one_line())
 
     def _preparer(self):
-        """The engine's preprocessing, to run in the render workers (continuous engines only: they
-        consume ready inputs; `predict` makes its own)."""
-        if getattr(self.engine, "continuous", False) and hasattr(self.engine, "preparer"):
+        """The engine's preprocessing, where it asks for it to run in the render workers."""
+        if getattr(self.engine, "prepare_in_renderer", False):
             return self.engine.preparer(self.options.task.text)
         return None
 

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ PREFILL_TOKENS = 4608  # prompt tokens per prefill forward on CUDA: about four t
 KV_SHARE, KV_MAX_BYTES = 0.4, 20 * 2**30  # the cache's share of free GPU memory, and its cap
 TYPICAL_TOKENS = 1600  # a tiled page's prompt plus a typical page of output, for sizing the lanes
 MAX_LANES = 256
+PREPARE_THREADS = 6  # threads making page inputs ahead of the decoder on CUDA
 TEXT_ROOM = 256  # prompt text tokens the decoder is built for; a longer custom prompt rebuilds it
 
 
@@ -62,18 +64,22 @@ class HFEngine:
         self.decoder = None  # the continuous-batching decoder, built on first use
         self.continuous = options.decoder == "slots"
         self.retries_inside = self.continuous  # the decoder retries loops itself, without blocking
+        self.prepare_in_renderer = False  # page inputs are made by threads here (see `prepared`)
 
     def stream(self, pages: Iterable[PageImage], prompt: str) -> Iterator[tuple[PageImage, Prediction | Exception]]:
         """Continuous batching: pages are prefilled in small groups into free lanes and come back
         as soon as each one ends, in the order they finish; retries happen inside the decoder."""
         decoder = self.decoder_for(prompt)
         forget = functools.partial(dataclasses.replace, inputs=None)  # a retry remakes them; 25+ MB a page
-        run = decoder.run(pages, lambda group: self._prefill(group, prompt), self._measure, forget)
+        ready, failed = prepared(self.preparer(prompt), pages, PREPARE_THREADS if self.device == "cuda" else 1)
+        run = decoder.run(ready, lambda group: self._prefill(group, prompt), self._measure, forget)
         for done in run:
+            yield from failed()
             if done.finish == "error":
                 yield done.item, done.ids
             else:
                 yield done.item, self._prediction(done.ids, done.seconds, done.finish, done.attempts)
+        yield from failed()
 
     def decoder_for(self, prompt: str):
         """The paged decoder, built (and its CUDA graphs captured) once; rebuilt only for a prompt
@@ -292,8 +298,64 @@ class Preprocess:
         return dataclasses.replace(page, inputs=dict(inputs))
 
 
-@functools.lru_cache(maxsize=2)
+def prepared(prepare: Preprocess, pages: Iterable[PageImage], threads: int, ahead: int = 32):
+    """Pages with their model inputs, made by a few threads of this process ahead of the decoder.
+
+    Threads rather than the render processes: the work is PIL and numpy, which release the GIL,
+    and a tiled page's inputs (25+ MB) would otherwise cross a process boundary; measured end to
+    end on the bench GPU, shipping them from render workers was slower than making them here.
+    Pages are pulled from `pages` on the calling thread only (the pipeline's generator is not
+    thread-safe), a few per page handed on, so the window fills without delaying the first page.
+    Returns the page iterator and a function that yields (page, exception) for pages that failed.
+    """
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    errors: list[tuple[PageImage, Exception]] = []
+
+    def failed():
+        while errors:
+            yield errors.pop(0)
+
+    def ready():
+        source = iter(pages)
+        window: collections.deque = collections.deque()
+        exhausted = False
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="dsocr-prepare") as pool:
+            while True:
+                for _ in range(2):
+                    if exhausted or len(window) >= ahead:
+                        break
+                    page = next(source, None)
+                    if page is None:
+                        exhausted = True
+                    else:
+                        window.append((page, page if page.inputs is not None else pool.submit(prepare, page)))
+                if not window:
+                    return
+                page, job = window.popleft()
+                try:
+                    yield job if isinstance(job, PageImage) else job.result()
+                except Exception as exc:  # this page alone cannot be prepared
+                    errors.append((page, exc))
+
+    return ready(), failed
+
+
+_local = threading.local()
+
+
 def _processor(model: str, revision: str | None):
+    """One processor per thread: fast tokenizers refuse concurrent use from several threads."""
+    cache = getattr(_local, "processors", None)
+    if cache is None:
+        cache = _local.processors = {}
+    if (model, revision) not in cache:
+        cache[model, revision] = _load_processor(model, revision)
+    return cache[model, revision]
+
+
+def _load_processor(model: str, revision: str | None):
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model, revision=revision)
