@@ -13,13 +13,12 @@ import dataclasses
 import functools
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from dsocr_cli.engines.device import device_stats, resolve_device, resolve_dtype
+from dsocr_cli.engines.inputs import Preprocess, prepared
 from dsocr_cli.engines.ngram import WindowedNoRepeatNGram, looks_looped
 from dsocr_cli.errors import SetupError, UsageError
 from dsocr_cli.options import TASK_PROMPTS, EngineOptions
@@ -258,6 +257,7 @@ class HFEngine:
         return [WindowedNoRepeatNGram(n, window, prompt_length, self.exempt_ids)]
 
     def stats(self) -> dict:
+        """Device, dtype and memory, for summary.json."""
         return device_stats(self.name, self.device, self.dtype)
 
     def _prediction(self, row: list[int], seconds: float, finish: str | None = None, attempts: int = 1) -> Prediction:
@@ -272,95 +272,6 @@ class HFEngine:
         for token in self.strip_tokens:
             text = text.replace(token, "")
         return Prediction(text=text, tokens=len(ids), finish=finish, seconds=seconds, attempts=attempts)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """A page's model inputs, made where the page is rendered (a render worker): the processor's
-    resize, tiling and normalisation cost 50-300 ms of CPU per page, which on the main process
-    would stall the GPU. Picklable; loads the processor once per process."""
-
-    model: str
-    revision: str | None
-    prompt: str
-    image_kwargs: dict
-    dtype: str
-
-    def __call__(self, page: PageImage) -> PageImage:
-        import torch
-
-        processor = _processor(self.model, self.revision)
-        inputs = processor(images=[page.image], text=[self.prompt], return_tensors="pt", **self.image_kwargs)
-        dtype = getattr(torch, self.dtype.replace("torch.", ""))
-        for key in ("pixel_values", "pixel_values_local"):
-            if key in inputs:
-                inputs[key] = inputs[key].to(dtype)
-        return dataclasses.replace(page, inputs=dict(inputs))
-
-
-def prepared(prepare: Preprocess, pages: Iterable[PageImage], threads: int, ahead: int = 32):
-    """Pages with their model inputs, made by a few threads of this process ahead of the decoder.
-
-    Threads rather than the render processes: the work is PIL and numpy, which release the GIL,
-    and a tiled page's inputs (25+ MB) would otherwise cross a process boundary; measured end to
-    end on the bench GPU, shipping them from render workers was slower than making them here.
-    Pages are pulled from `pages` on the calling thread only (the pipeline's generator is not
-    thread-safe), a few per page handed on, so the window fills without delaying the first page.
-    Returns the page iterator and a function that yields (page, exception) for pages that failed.
-    """
-    import collections
-    from concurrent.futures import ThreadPoolExecutor
-
-    errors: list[tuple[PageImage, Exception]] = []
-
-    def failed():
-        while errors:
-            yield errors.pop(0)
-
-    def ready():
-        source = iter(pages)
-        window: collections.deque = collections.deque()
-        exhausted = False
-        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="dsocr-prepare") as pool:
-            while True:
-                for _ in range(2):
-                    if exhausted or len(window) >= ahead:
-                        break
-                    page = next(source, None)
-                    if page is None:
-                        exhausted = True
-                    else:
-                        window.append((page, page if page.inputs is not None else pool.submit(prepare, page)))
-                if not window:
-                    return
-                page, job = window.popleft()
-                try:
-                    yield job if isinstance(job, PageImage) else job.result()
-                except Exception as exc:  # this page alone cannot be prepared
-                    errors.append((page, exc))
-
-    return ready(), failed
-
-
-_local = threading.local()
-
-
-def _processor(model: str, revision: str | None):
-    """One processor per thread: fast tokenizers refuse concurrent use from several threads."""
-    cache = getattr(_local, "processors", None)
-    if cache is None:
-        cache = _local.processors = {}
-    if (model, revision) not in cache:
-        cache[model, revision] = _load_processor(model, revision)
-    return cache[model, revision]
-
-
-def _load_processor(model: str, revision: str | None):
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(model, revision=revision)
-    processor.tokenizer.padding_side = "left"
-    return processor
 
 
 def mode_kwargs(mode: str, processor) -> dict:
