@@ -28,7 +28,7 @@ def run_under_umask(umask: int, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o002])
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=["umask-022", "umask-002"])
 def test_outputs_follow_the_umask(tmp_path, umask):
     pdf = make_pdf(tmp_path / "doc.pdf", pages=2)
     recorded = record(tmp_path / "recorded", pdf.name, {1: RAW, 2: RAW})

@@ -27,6 +27,7 @@ from dsocr_cli.options import (
     TaskOptions,
     parse_pages,
     settings_record,
+    with_engine,
 )
 
 log = logging.getLogger("dsocr")
@@ -151,6 +152,8 @@ def program(
     try:
         events.model_loading(options.engine.model)
         engine = load_engine(options.engine)
+        if options.engine.engine == "auto":
+            options = with_engine(options, engine.name)  # recorded as the engine it chose
         return _run_pipeline(env, options, engine, output, events, sources, rejected, json_summary)
     finally:
         output.close()
