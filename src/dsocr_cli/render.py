@@ -101,7 +101,7 @@ def render_region(
         if doc.needs_pass:
             doc.authenticate(password or "")
         page = doc.load_page(index)
-        clip = pymupdf.Rect(rect_pt) * page.derotation_matrix
+        clip = pymupdf.Rect(rect_pt)  # get_pixmap clips in displayed coordinates, as the model saw the page
         zoom = dpi / 72.0
         pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), clip=clip, alpha=False, colorspace=pymupdf.csRGB)
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
