@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import offline_env
-from test_layout_outputs import RAW, record
 
+from conftest import offline_env
 from dsocr_cli.samples import make_pdf
+from test_layout_outputs import RAW, record
 
 
 def run_under_umask(umask: int, *args: str) -> subprocess.CompletedProcess:
@@ -74,4 +74,3 @@ def test_umask_is_read_without_changing_it():
         assert current_umask() == 0o027
     finally:
         os.umask(before)
-
