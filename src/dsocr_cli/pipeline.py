@@ -115,7 +115,12 @@ class Pipeline:
                 self._fail_open("engine", f"pages lost when decoding failed ({_one_line(exc)})")
                 return
             self.events.pages_done([page] if isinstance(prediction, Prediction) else [])
-            self._handle(self._retry_unfinished([(page, prediction)], prompt))
+            predicted = [(page, prediction)]
+            self._handle(
+                predicted
+                if getattr(self.engine, "retries_inside", False)
+                else self._retry_unfinished(predicted, prompt)
+            )
         self._fail_open("engine", "pages never came back from the engine")
 
     def _fail_open(self, reason: str, why: str) -> None:

@@ -33,6 +33,7 @@ class PageImage:
     image: Image.Image = field(repr=False, compare=False)
     dpi: float | None = None
     scale: float = 1.0
+    inputs: dict | None = field(default=None, repr=False, compare=False)  # model inputs made by a render worker
 
     @property
     def number(self) -> int:
