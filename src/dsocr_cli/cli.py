@@ -27,6 +27,7 @@ from dsocr_cli.options import (
     TaskOptions,
     parse_pages,
     settings_record,
+    with_engine,
 )
 
 log = logging.getLogger("dsocr")
@@ -151,6 +152,8 @@ def program(
     try:
         events.model_loading(options.engine.model)
         engine = load_engine(options.engine)
+        if options.engine.engine == "auto":
+            options = with_engine(options, engine.name)  # recorded as the engine it chose
         return _run_pipeline(env, options, engine, output, events, sources, rejected, json_summary)
     finally:
         output.close()
@@ -158,10 +161,12 @@ def program(
 
 def _run_pipeline(env, options, engine, output, events, sources, rejected, json_summary) -> ExitCode:
     from dsocr_cli.pipeline import Pipeline, exit_code
+    from dsocr_cli.render import page_count
     from dsocr_cli.writers.summary import summary_record
 
     pipeline = Pipeline(options, engine, output, events)
-    events.run_started(len(sources))
+    counts = {s: page_count(s, options.render) for s in sources} if events.counts_pages else None
+    events.run_started(len(sources), counts)
     try:
         summary = pipeline.run(sources)
     except KeyboardInterrupt:

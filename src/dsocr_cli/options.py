@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dsocr_cli.errors import UsageError
@@ -133,6 +133,12 @@ class Options:
     engine: EngineOptions = field(default_factory=EngineOptions)
     task: TaskOptions = field(default_factory=TaskOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
+
+
+def with_engine(options: Options, name: str) -> Options:
+    """The options with `--engine auto` replaced by the engine it resolved to: records then say what
+    ran, and a rerun compares like with like (auto -> hf finds documents done by hf, and the reverse)."""
+    return replace(options, engine=replace(options.engine, engine=name))
 
 
 def settings_record(options: Options) -> dict:

@@ -114,7 +114,7 @@ class Pipeline:
                 self._batches(pages)
                 self._fail_open("engine", f"pages lost when decoding failed ({_one_line(exc)})")
                 return
-            self.events.pages_done([prediction] if isinstance(prediction, Prediction) else [])
+            self.events.pages_done([page] if isinstance(prediction, Prediction) else [])
             predicted = [(page, prediction)]
             self._handle(
                 predicted
@@ -178,7 +178,7 @@ class Pipeline:
     def _process(self, batch: list[PageImage]) -> None:
         prompt = self.options.task.text
         predicted = self._retry_unfinished(self._predict(batch, prompt), prompt)
-        self.events.pages_done([p for _, p in predicted if isinstance(p, Prediction)])
+        self.events.pages_done([page for page, p in predicted if isinstance(p, Prediction)])
         self._handle(predicted)
 
     def _handle(self, predicted: list[tuple[PageImage, Prediction | Exception]]) -> None:
