@@ -7,14 +7,18 @@ reader never sees a half-written document and a crash leaves nothing that looks 
     OUT/<key>/pages/0001.md               one page's markdown
     OUT/<key>/pages/0001.raw.md           the model's raw output, grounding tags included
     OUT/<key>/pages/0001.jpg              the page with its layout boxes drawn
+    OUT/<key>/pages/0001.plain.jpg        the page as the model saw it, under the report's box overlay
     OUT/<key>/figures/0001-01.png         figure crops, linked from the markdown
     OUT/<key>/layout.pdf                  with --layout-pdf: the annotated pages in one PDF
     OUT/<key>/searchable.pdf              with --searchable-pdf: the input with an invisible text layer
+    OUT/<key>/report.html                 the report's view of the document: pages beside their text
+    OUT/report.html                       the report's index of every input (not with --no-report)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -25,9 +29,12 @@ from dsocr_cli.options import OutputOptions
 from dsocr_cli.render import fingerprint, render_region
 from dsocr_cli.types import Block, PageResult, Source
 from dsocr_cli.writers import document as docjson
+from dsocr_cli.writers import report
 from dsocr_cli.writers.annotate import annotate
 from dsocr_cli.writers.files import replace_dir, write_bytes, write_json, write_text
 from dsocr_cli.writers.lock import OutputLock
+
+log = logging.getLogger(__name__)
 
 STAGING = ".dsocr-staging"
 
@@ -86,6 +93,7 @@ class DocumentFolder:
         self.pages: dict[int, dict] = {}
         self.markdown: dict[int, str] = {}
         self.texts: dict[int, object] = {}  # PageText per page, for the searchable PDF
+        self.raw: dict[int, str] = {}  # raw model output by page number, for the report's view
 
     def add_page(self, result: PageResult) -> None:
         """Write the page's markdown, raw output, annotated image and figure crops."""
@@ -108,6 +116,10 @@ class DocumentFolder:
         write_text(self.staging / files["markdown"], page_markdown)
         write_text(self.staging / files["raw"], result.prediction.text)
         self._save_image(annotate(page.image, result.parsed.blocks), self.staging / files["annotated"], "JPEG")
+        if self.options.report:
+            files["plain"] = f"pages/{stem}.plain.jpg"
+            self._save_image(page.image, self.staging / files["plain"], "JPEG")
+            self.raw[page.number] = result.prediction.text
         self.pages[page.index] = docjson.page_record(result, files, links)
         self.markdown[page.index] = markdown
         if self.options.searchable_pdf:
@@ -156,6 +168,9 @@ class DocumentFolder:
         record = docjson.document_record(self.source, fingerprint, settings, [self.pages[i] for i in order], seconds)
         write_json(self.staging / "document.json", record)
         names = ["document.md", "document.json"] + self._pdfs(order)
+        if self.options.report:
+            report.write_document_view(self.staging, record, self.raw, self.source.key)
+            names.append(report.REPORT_NAME)
         self.staging.mkdir(parents=True, exist_ok=True)
         replace_dir(self.staging, self.final)
         return [str(self.final / name) for name in names]
@@ -213,4 +228,8 @@ class TreeOutput:
         path = self.out / "summary.json"
         write_json(path, record)
         shutil.rmtree(self.out / STAGING, ignore_errors=True)
+        if self.options.report:
+            _, unreadable = report.write_report(self.out, record)
+            for line in unreadable:
+                log.warning("%s", line)
         return path
