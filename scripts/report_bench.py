@@ -4,6 +4,7 @@ index in headless Chromium, and what it adds per page of a run. One JSON line pe
 
     python scripts/report_bench.py --documents 10000 --tree /tmp/report-bench
     python scripts/report_bench.py --page-cost
+    python scripts/report_bench.py --run-cost --pages 40
 
 The tree holds document.json, raw outputs and summary.json as a run writes them (no page
 images: the index never loads them and the views load them lazily).
@@ -179,6 +180,43 @@ def page_cost(args) -> None:
     print(json.dumps(line), flush=True)
 
 
+def run_cost(args) -> None:
+    """Whole runs with and without the report, alternating. The replay engine answers at once, so
+    rendering and writing are all there is: the report's share is an upper bound of a real run's."""
+    import subprocess
+    import sys
+
+    from dsocr_cli.samples import make_pdf
+
+    folder = Path(args.tree)
+    shutil.rmtree(folder, ignore_errors=True)
+    pdf = make_pdf(folder / "in" / "doc.pdf", pages=args.pages)
+    rng = random.Random(2)
+    for number in range(1, args.pages + 1):
+        (folder / "recorded" / "doc.pdf" / "pages").mkdir(parents=True, exist_ok=True)
+        (folder / "recorded" / "doc.pdf" / "pages" / f"{number:04d}.raw.md").write_text(fake_page(rng, number)[1])
+    import resource
+
+    seconds: dict[str, list[float]] = {"--report": [], "--no-report": []}
+    cpu: dict[str, list[float]] = {"--report": [], "--no-report": []}
+    for _ in range(args.repeats):
+        for flag in seconds:
+            shutil.rmtree(folder / "out", ignore_errors=True)
+            command = [sys.executable, "-m", "dsocr_cli", "pdf", str(pdf), "-o", str(folder / "out"), "--json", flag]
+            command += ["--engine", "replay", "--model", str(folder / "recorded"), "--quiet"]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            result = subprocess.run(command, capture_output=True, text=True, check=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            seconds[flag].append(json.loads(result.stdout)["seconds"])
+            cpu[flag].append(round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3))
+    with_report, without = statistics.median(seconds["--report"]), statistics.median(seconds["--no-report"])
+    line = {"bench": "run_cost", "pages": args.pages, "engine": "replay", "with_report_s": with_report}
+    line |= {"without_report_s": without, "report_ms_per_page": round((with_report - without) / args.pages * 1000, 1)}
+    added_cpu = statistics.median(cpu["--report"]) - statistics.median(cpu["--no-report"])
+    line |= {"report_cpu_ms_per_page": round(added_cpu / args.pages * 1000, 1)}
+    print(json.dumps(line | {"runs": seconds, "cpu_s": cpu}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=10000)
@@ -186,8 +224,16 @@ def main() -> None:
     parser.add_argument("--tree", default="/tmp/report-bench")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--page-cost", action="store_true", help="time the per-page work instead")
+    parser.add_argument("--run-cost", action="store_true", help="time whole runs with and without the report")
+    parser.add_argument("--pages", type=int, default=40, help="--run-cost: pages of the PDF")
+    parser.add_argument("--repeats", type=int, default=3, help="--run-cost: runs of each kind")
     args = parser.parse_args()
-    page_cost(args) if args.page_cost else tree_bench(args)
+    if args.run_cost:
+        run_cost(args)
+    elif args.page_cost:
+        page_cost(args)
+    else:
+        tree_bench(args)
 
 
 if __name__ == "__main__":

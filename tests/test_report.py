@@ -49,8 +49,8 @@ def replay_run(tmp_path: Path, *flags: str) -> tuple[Path, dict]:
     record_run(recorded, "doc.pdf", {1: HOSTILE_PAGE, 2: PLAIN_PAGE, 3: PLAIN_PAGE}, {2: "repetition", 3: "length"})
     record_run(recorded, HOSTILE_NAME, {1: HOSTILE_PAGE})
     out = tmp_path / "out"
-    args = ["run", str(pdf), str(image), str(corrupt), "-o", str(out), "--engine", "replay", "--model", str(recorded)]
-    result = run_dsocr(*args, *flags)
+    names = [str(p.relative_to(tmp_path)) for p in (pdf, image, corrupt)]  # as a user types them
+    result = run_dsocr("run", *names, "-o", "out", "--engine", "replay", "--model", "recorded", *flags, cwd=tmp_path)
     assert result.returncode == 1, result.stderr  # the corrupt PDF fails, the rest are done
     return out, json.loads((out / "summary.json").read_text())
 
