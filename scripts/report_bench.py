@@ -141,9 +141,12 @@ def chromium_load(index: Path, chromium: str) -> dict:
 
 def tree_bench(args) -> None:
     out = Path(args.tree)
-    summary = build_tree(out, args.documents, args.max_pages)
+    if args.reuse and (out / "summary.json").is_file():
+        summary = json.loads((out / "summary.json").read_text())
+    else:
+        summary = build_tree(out, args.documents, args.max_pages)
     pages = sum(i.get("pages", 0) for i in summary["items"])
-    views = timed(lambda: report.write_report(out, summary, rewrite_views=True))
+    views = 0.0 if args.reuse else timed(lambda: report.write_report(out, summary, rewrite_views=True))
     index = timed(lambda: report.write_report(out, summary))
     line = {"bench": "tree", "documents": args.documents, "pages": pages, "write_views_and_index_s": round(views, 2)}
     line |= {"index_only_s": round(index, 2), "index_bytes": (out / report.REPORT_NAME).stat().st_size}
@@ -223,6 +226,7 @@ def main() -> None:
     parser.add_argument("--max-pages", type=int, default=5, help="pages per document: 1..N")
     parser.add_argument("--tree", default="/tmp/report-bench")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--reuse", action="store_true", help="keep the tree and views an earlier call generated")
     parser.add_argument("--page-cost", action="store_true", help="time the per-page work instead")
     parser.add_argument("--run-cost", action="store_true", help="time whole runs with and without the report")
     parser.add_argument("--pages", type=int, default=40, help="--run-cost: pages of the PDF")

@@ -66,12 +66,10 @@ def link_target(page: Path, href: str) -> tuple[Path, str]:
     return (page.parent / unquote(parts.path)).resolve(), parts.fragment
 
 
-def index_rows(index: Path) -> list[Node]:
-    return index_tree_rows(parse(index))
-
-
-def index_tree_rows(tree: Node) -> list[Node]:
-    return tree.all("tbody")[0].all("tr")
+def index_rows(tree: Node) -> list[dict]:
+    """The index's rows, from the JSON its script renders, as dicts by column name."""
+    data = json.loads(tree.all("script", id="index-data")[0].text())
+    return [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
 
 
 def record_run(folder: Path, key: str, raws: dict[int, str], finishes: dict[int, str] | None = None) -> Path:
