@@ -201,6 +201,20 @@ def test_report_command_bad_folders(tmp_path, replayed):
     assert len(index_rows(parse(out / "report.html"))) == 3  # the run's inputs are still all listed
 
 
+def test_report_command_shows_no_markup_from_a_foreign_record(tmp_path, replayed):
+    out = shutil.copytree(replayed[0], tmp_path / "copy")
+    path = out / "doc.pdf" / "document.json"
+    record = json.loads(path.read_text())
+    record["pages"][0]["number"] = '1"><script>alert(1)</script>'
+    path.write_text(json.dumps(record), encoding="utf-8")
+    result = run_dsocr("report", str(out))
+    assert result.returncode == 1
+    assert re.search(r"doc\.pdf/document\.json: cannot be shown \(ValueError\)", result.stderr), result.stderr
+    assert "<script>alert" not in (out / "report.html").read_text()
+    row = next(r for r in index_rows(parse(out / "report.html")) if r["path"].endswith("doc.pdf"))
+    assert row["href"] is None  # listed, but not linked to a view it could not write
+
+
 def test_tiny_model_run_writes_report(dsocr, tmp_path):
     pdf = make_pdf(tmp_path / "in" / "paper.pdf", pages=2)
     out = tmp_path / "out"

@@ -69,7 +69,8 @@ def document_view(record: dict, raw: dict[int, str], key: str) -> str:
     """OUT/<key>/report.html: every page of one document, shown one at a time."""
     pages = record.get("pages", [])
     strip = "".join(
-        f'<a href="#p{p["number"]}"{" class=flagged" if page_flags(p) else ""}>{p["number"]}</a>' for p in pages
+        f'<a href="#p{int(p["number"])}"{" class=flagged" if page_flags(p) else ""}>{int(p["number"])}</a>'
+        for p in pages  # int(): numbers, never markup, even from a foreign tree
     )
     return _html_page(
         "document.html",
@@ -83,14 +84,14 @@ def document_view(record: dict, raw: dict[int, str], key: str) -> str:
 
 
 def _page_section(page: dict, raw: str | None) -> str:
-    number, width, height = page["number"], page["width_px"], page["height_px"]
+    number, width, height = (int(page[k]) for k in ("number", "width_px", "height_px"))
     files = page.get("files", {})
     image = files.get("plain") or files.get("annotated", "")
     rects = "".join(
         f'<rect data-block="{int(b["order"])}" data-label="{escape(b["label"])}" x="{x1:.1f}" y="{y1:.1f}" '
         f'width="{x2 - x1:.1f}" height="{y2 - y1:.1f}"><title>{escape(b["label"])}</title></rect>'
         for b in page.get("blocks", [])
-        for x1, y1, x2, y2 in b.get("boxes_px", [])
+        for x1, y1, x2, y2 in (map(float, box) for box in b.get("boxes_px", []))
     )
     blocks = "".join(
         f'<div class="block" data-block="{int(b["order"])}" data-label="{escape(b["label"])}">'
@@ -112,12 +113,12 @@ def _page_section(page: dict, raw: str | None) -> str:
 
 
 def _page_facts(page: dict, plain: bool) -> str:
-    finish = page.get("finish", "?")
+    finish, attempts = page.get("finish", "?"), int(page.get("attempts", 1))
     facts = [
         f'<span class="{"warn" if finish != "eos" else ""}">finish: {escape(str(finish))}</span>',
-        f"{page.get('tokens', 0)} tokens",
-        f'<span class="{"warn" if page.get("attempts", 1) > 1 else ""}">attempts: {page.get("attempts", 1)}</span>',
-        f"{page.get('seconds', 0):.2f} s",
+        f"{int(page.get('tokens', 0))} tokens",
+        f'<span class="{"warn" if attempts > 1 else ""}">attempts: {attempts}</span>',
+        f"{float(page.get('seconds', 0)):.2f} s",
     ]
     if page.get("defects"):
         facts.append(f'<span class="warn">repaired: {escape("; ".join(page["defects"]))}</span>')
@@ -297,10 +298,14 @@ def write_report(out: Path, summary: dict | None, rewrite_views: bool = False) -
     documents, unreadable = read_documents(out)
     if summary is None and not documents and not unreadable:
         raise NoInputError(f"{show_path(out)} holds no summary.json and no document.json", "give a folder of -o")
-    for key, record in documents.items():
+    for key, record in list(documents.items()):
         folder = out.joinpath(*key.split("/"))
         if rewrite_views or not (folder / REPORT_NAME).is_file():
-            write_document_view(folder, record, raw_outputs(folder, record), key)
+            try:
+                write_document_view(folder, record, raw_outputs(folder, record), key)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a record not shaped as dsocr writes
+                unreadable.append(f"{show_path(folder / 'document.json')}: cannot be shown ({type(exc).__name__})")
+                del documents[key]
     path = out / REPORT_NAME
     write_text(path, index_page(summary, documents, f"dsocr report: {show_path(out.resolve().name)}"))
     return path, unreadable
