@@ -262,7 +262,15 @@ class TreeOutput:
         write_json(path, record)
         shutil.rmtree(self.out / STAGING, ignore_errors=True)
         if self.options.report:
-            _, unreadable = report.write_report(self.out, record)
-            for line in unreadable:
-                log.warning("%s", line)
+            self._write_report(record)
         return path
+
+    def _write_report(self, record: dict) -> None:
+        """The report comes last and is optional: a failure to write it is a warning, not a failed run."""
+        try:
+            _, unreadable = report.write_report(self.out, record)
+        except OSError as exc:
+            log.warning("%s: not written (%s)", show_path(self.out / report.REPORT_NAME), exc.strerror or exc)
+            return
+        for line in unreadable:
+            log.warning("%s", line)
