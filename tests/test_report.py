@@ -39,7 +39,7 @@ FINISHES = ("eos", "length", "repetition")
 PLAIN_PAGE = "<|ref|>text<|/ref|><|det|>[[50, 50, 900, 200]]<|/det|>\nA page of plain text\n"
 
 
-def replay_run(tmp_path: Path, *flags: str) -> tuple[Path, dict]:
+def replay_run(tmp_path: Path, *flags: str, warning: str = "") -> tuple[Path, dict]:
     """A 3-page PDF (page 2 loops, page 3 hits the limit), a hostile-named image and a corrupt PDF."""
     inputs = tmp_path / "in"
     pdf = make_pdf(inputs / "doc.pdf", pages=3)
@@ -53,6 +53,7 @@ def replay_run(tmp_path: Path, *flags: str) -> tuple[Path, dict]:
     names = [str(p.relative_to(tmp_path)) for p in (pdf, image, corrupt)]  # as a user types them
     result = run_dsocr("run", *names, "-o", "out", "--engine", "replay", "--model", "recorded", *flags, cwd=tmp_path)
     assert result.returncode == 1, result.stderr  # the corrupt PDF fails, the rest are done
+    assert warning in result.stderr
     return out, json.loads((out / "summary.json").read_text())
 
 
@@ -230,3 +231,10 @@ def test_tiny_model_run_writes_report(dsocr, tmp_path):
         assert image["src"] == page["files"]["plain"] and (out / "paper.pdf" / image["src"]).is_file()
         assert (image["width"], image["height"]) == (str(page["width_px"]), str(page["height_px"]))
     assert str(out / "paper.pdf" / "report.html") in summary["items"][0]["outputs"]
+
+
+def test_a_report_that_cannot_be_written_does_not_fail_the_run(tmp_path):
+    (tmp_path / "out" / "report.html").mkdir(parents=True)  # in the way of the index
+    out, summary = replay_run(tmp_path, warning="report.html: not written")
+    assert summary["documents"] == {"done": 2, "skipped": 0, "failed": 1}  # the run's own verdict
+    assert (out / "doc.pdf" / "report.html").is_file()
