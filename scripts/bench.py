@@ -2,12 +2,19 @@
 """Throughput benchmark of the native engine at full size with random weights (no download).
 
 Builds DeepSeek-OCR-2's real configuration with random weights on the GPU (or reuses a folder
-written by --build), feeds page images of 0-6 tiles, forces each page's output length with a
-logits processor (EOS banned before the target, forced at it), and prints one JSON line per
-configuration: pages/s, generated tok/s, time to the first finished batch, peak GPU memory.
+written by --build) and prints one JSON line per configuration: pages/s, generated tok/s, time to
+the first finished page, peak GPU memory, finish reasons.
+
+Random weights never choose EOS and never loop, so only output lengths and loops are forced:
+EOS is banned before each page's target length and forced at it, and a share of pages (LOOP_SHARE)
+repeats a cycle of 100-300 tokens, longer than the n-gram ban's window, so the ban cannot break it
+and only the decoder's loop detection ends it; their strict retry then ends at its target. The
+mix: pages of 0-6 tiles, 256..2,000 new tokens, loops on 4% of pages. Everything else runs at the
+CLI's defaults (--max-new-tokens 8192, lanes and cache from free memory, the default n-gram ban,
+retries on).
 
     python scripts/bench.py --build /tmp/full            # write the random full-size checkpoint
-    python scripts/bench.py --model /tmp/full --configs seed,b16-fixed,b16-mix
+    python scripts/bench.py --model /tmp/full --configs seed,default,e2e,identity
 """
 
 from __future__ import annotations
@@ -120,47 +127,81 @@ class ForcedLength:
         return torch.where((self.lengths <= step)[:, None], forced, scores)
 
 
+LOOP_SHARE = 0.04  # pages that loop on their first attempt
+LOOP_START = 200  # tokens a looping page writes before its cycle begins
+CAP = None  # --cap: shorter targets for a CPU smoke run of the code paths
+
+
+def page_plan(key: str, index: int) -> tuple[int, int]:
+    """(target new tokens, loop period or 0) of a page, fixed by its name: the same page gets the
+    same plan in every configuration and in the end-to-end run."""
+    rng = random.Random(f"{key}:{index}")
+    length = min(2000, max(256, int(rng.gauss(1000, 450))))
+    period = rng.randrange(100, 300) if rng.random() < LOOP_SHARE else 0
+    return min(length, CAP or length), period
+
+
 def make_engine_class():
     import torch
 
-    from dsocr_cli.engines.decode import SlotDecoder
+    from dsocr_cli.engines.decode import PagedDecoder
     from dsocr_cli.engines.hf import HFEngine
 
-    class BenchDecoder(SlotDecoder):
-        """Forced lengths in the continuous-batching decoder: EOS banned before, forced at, the target."""
-
-        lengths: dict[str, int] = {}
+    class BenchDecoder(PagedDecoder):
+        """Forced lengths and loops in the paged decoder, per lane, on the device."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.targets = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+            self.targets = torch.zeros(self.config.lanes, dtype=torch.long, device=self.device)
+            self.periods = torch.zeros(self.config.lanes, dtype=torch.long, device=self.device)
 
-        def _admit(self, lane, prefill, item):
-            slot = super()._admit(lane, prefill, item)
-            self.targets[lane] = self.lengths[item.source.key]
-            return slot
+        plan = None  # the engine's page_plan, set when the engine builds the decoder
 
-        def adjust(self, logits):
-            logits = super().adjust(logits)
-            eos_column = torch.where(self.targets > self.generated, float("-inf"), logits[:, self.eos])
+        def on_admit(self, lane, seq):
+            length, period = self.plan(seq.item)
+            self.targets[lane] = length
+            self.periods[lane] = 0 if seq.strict else period  # a retry breaks free of the loop
+
+        def on_move(self, source, target):
+            for state in (self.targets, self.periods):
+                state[target] = state[source]
+
+        def adjust(self, logits, b):
+            logits = super().adjust(logits, b)
+            generated, targets, periods = self.generated[:b], self.targets[:b], self.periods[:b]
+            eos_column = torch.where(targets > generated, float("-inf"), logits[:, self.config.eos_id])
             logits = logits.clone()
-            logits[:, self.eos] = eos_column
-            forced = torch.full_like(logits, float("-inf"))
-            forced[:, self.eos] = 0.0
-            return torch.where((self.targets <= self.generated)[:, None], forced, logits)
+            logits[:, self.config.eos_id] = eos_column
+            ending = torch.full_like(logits, float("-inf"))
+            ending[:, self.config.eos_id] = 0.0
+            logits = torch.where((targets <= generated)[:, None], ending, logits)
+            earlier = self.history[:b].gather(1, (generated - periods).clamp(min=0)[:, None]).clamp(min=0)
+            cycling = torch.full_like(logits, float("-inf")).scatter(1, earlier, 0.0)
+            loops = (periods > 0) & (generated >= LOOP_START)
+            return torch.where(loops[:, None], cycling, logits)
 
     class BenchEngine(HFEngine):
-        lengths: dict[str, int] = {}
+        name = "bench"
         decoder_class = BenchDecoder
 
+        @staticmethod
+        def plan(page) -> tuple[int, int]:
+            return page_plan(page.source.key, page.index)
+
+        def decoder_for(self, prompt):
+            decoder = super().decoder_for(prompt)
+            decoder.plan = self.plan
+            return decoder
+
         def logits_processors(self, pages, prompt_length, strict=False):
-            forced = ForcedLength([self.lengths[p.source.key] for p in pages], prompt_length, self.eos_id)
+            forced = ForcedLength([self.plan(p)[0] for p in pages], prompt_length, self.eos_id)
             return super().logits_processors(pages, prompt_length, strict) + [forced]
 
     return BenchEngine
 
 
-def pages_for(count: int, lengths: list[int], seed: int):
+def pages_for(count: int, seed: int):
+    """In-memory pages of 0-6 tiles with a little text each."""
     from PIL import Image, ImageDraw
 
     from dsocr_cli.types import PageImage, Source
@@ -174,20 +215,41 @@ def pages_for(count: int, lengths: list[int], seed: int):
         for line in range(0, h - 40, 28):
             draw.text((30, 20 + line), f"line {line} of page {i} " * 4, fill="black")
         pages.append(PageImage(Source(Path(f"p{i}"), "image", f"p{i}"), 0, image))
-    return pages, {f"p{i}": lengths[i] for i in range(count)}
+    return pages
 
 
-def mix_lengths(count: int, seed: int) -> list[int]:
-    """Between 256 and 2,000 new tokens, mean about 1,000."""
+def write_corpus(folder: Path, pages: int, seed: int) -> int:
+    """A folder as users have them: multi-page A4 PDFs (6 tiles a page at 144 DPI) and single
+    images of every size, about half the pages each. Returns the page count."""
+    import pymupdf
+
+    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    return [min(2000, max(256, int(rng.gauss(1000, 450)))) for _ in range(count)]
+    written = 0
+    for doc_index in range(10**6):
+        if written >= pages:
+            break
+        if doc_index % 2 == 0:
+            count = min(pages - written, rng.randrange(1, 12))
+            with pymupdf.open() as doc:
+                for n in range(count):
+                    page = doc.new_page(width=595, height=842)
+                    text = "\n".join(f"Section {n}.{k}: the quick brown fox jumps over the lazy dog" for k in range(40))
+                    page.insert_text((50, 60), text, fontsize=9)
+                doc.save(folder / f"doc{doc_index:04d}.pdf")
+            written += count
+        else:
+            from PIL import Image, ImageDraw
+
+            w, h = PAGE_SIZES[rng.randrange(len(PAGE_SIZES))]
+            image = Image.new("RGB", (w, h), "white")
+            ImageDraw.Draw(image).text((30, 30), f"image {doc_index}", fill="black")
+            image.save(folder / f"img{doc_index:04d}.png")
+            written += 1
+    return written
 
 
-def smoke_lengths(lengths: list[int], cap: int | None) -> list[int]:
-    return [min(v, cap) for v in lengths] if cap else lengths
-
-
-def timed(engine, pages, name: str, predictions, first_key: str) -> dict:
+def timed(engine, pages: int, name: str, predictions) -> dict:
     """Run `predictions` (an iterator of Predictions) against the clock; the fields every config reports."""
     import torch
 
@@ -196,140 +258,296 @@ def timed(engine, pages, name: str, predictions, first_key: str) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    first, tokens, finishes = None, 0, {}
+    first, tokens, finishes, retried = None, 0, {}, 0
     for prediction in predictions:
         first = first or time.perf_counter() - start
         tokens += prediction.tokens
         finishes[prediction.finish] = finishes.get(prediction.finish, 0) + 1
+        retried += prediction.attempts > 1
     seconds = time.perf_counter() - start
     return {
         "config": name,
-        "pages": len(pages),
+        "pages": pages,
         "tokens": tokens,
         "seconds": round(seconds, 2),
-        "pages_per_s": round(len(pages) / seconds, 3),
+        "pages_per_s": round(pages / seconds, 3),
         "tok_per_s": round(tokens / seconds, 1),
-        first_key: round(first, 2),
+        "first_page_s": round(first or 0.0, 2),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "finish": finishes,
+        "retried": retried,
     }
 
 
-def measure_stream(engine, pages, name: str) -> dict:
-    """Continuous batching: all pages offered at once, slots refilled as pages finish."""
+def decoder_fields(engine) -> dict:
+    decoder = engine.decoder
+    return {
+        "lanes": decoder.config.lanes,
+        "cache_blocks": decoder.config.blocks,
+        "graphs": len(decoder.graphs),
+        "steps": decoder.steps,
+        "preemptions": decoder.preemptions,
+        "retry_timeline": retry_timeline(decoder.timeline or []),
+    }
+
+
+def retry_timeline(events: list) -> dict:
+    """Decode steps around the first retry: do the other lanes keep stepping while it is re-admitted?"""
+    retries = [t for t, kind, _ in events if kind.startswith("retry")]
+    if not retries:
+        return {}
+    at = retries[0]
+    steps = [t for t, kind, _ in events if kind == "step" and at - 2.0 <= t <= at + 2.0]
+    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    return {
+        "retries": len(retries),
+        "steps_2s_before": sum(t < at for t in steps),
+        "steps_2s_after": sum(t >= at for t in steps),
+        "longest_gap_ms": round(1000 * max(gaps, default=0.0), 1),
+        "median_gap_ms": round(1000 * sorted(gaps)[len(gaps) // 2], 1) if gaps else None,
+    }
+
+
+def engine_options(model: str, device: str, **overrides):
+    """The CLI's defaults (options.EngineOptions), as a user runs them."""
+    from dsocr_cli.options import EngineOptions
+
+    return EngineOptions(model=model, device=device, **overrides)
+
+
+def measure_default(engine_class, base, model: str, device: str, count: int, name: str = "default") -> dict:
+    """Engine only, at the CLI's defaults: pages with their inputs made ahead (as render workers do)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from dsocr_cli.options import TASK_PROMPTS
 
-    stream = (prediction for _, prediction in engine.stream(iter(pages), TASK_PROMPTS["markdown"]))
-    result = timed(engine, pages, name, stream, "first_page_s")
-    return result | {"slots": engine.decoder.slots, "graph": engine.decoder.graph is not None}
+    prompt = TASK_PROMPTS["markdown"]
+    engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
+    engine.decoder_for(prompt).timeline = []
+    prepare = engine.preparer(prompt)
+    with ThreadPoolExecutor(8) as pool:
+        pages = list(pool.map(prepare, pages_for(count, seed=2)))
+    stream = (prediction for _, prediction in engine.stream(iter(pages), prompt))
+    return timed(engine, count, name, stream) | decoder_fields(engine)
 
 
-def measure(engine, pages, batch: int, name: str) -> dict:
-    """Batches through generate."""
+def measure_e2e(engine_class, base, model: str, device: str, count: int, folder: Path) -> dict:
+    """The whole pipeline on a folder of PDFs and images: discover, render and preprocess (worker
+    pool), engine, grounding, writers, at the CLI's defaults, with the model already loaded."""
+    import shutil
+
+    import torch
+
+    from dsocr_cli.discover import discover
+    from dsocr_cli.options import Options, OutputOptions
+    from dsocr_cli.pipeline import Pipeline
+    from dsocr_cli.writers.tree import TreeOutput
+
+    pages = write_corpus(folder / "in", count, seed=5)
+    shutil.rmtree(folder / "out", ignore_errors=True)
+    options = Options(engine=engine_options(model, device), output=OutputOptions(out=folder / "out"))
+    engine = engine_class(base.model, base.processor, options.engine, device, base.dtype, model)
+    engine.decoder_for(options.task.text).timeline = []
+    sources, _ = discover([str(folder / "in")])
+    output = TreeOutput(folder / "out", options.output)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    try:
+        summary = Pipeline(options, engine, output, FirstPage(started)).run(sources)
+    finally:
+        output.close()
+    seconds = time.perf_counter() - started
+    finishes = {}
+    for doc in summary.documents:
+        for page in doc.pages:
+            finishes[page.prediction.finish] = finishes.get(page.prediction.finish, 0) + 1
+    return {
+        "config": "e2e",
+        "documents": len(sources),
+        "done": summary.count("done"),
+        "pages": summary.pages,
+        "pages_planned": pages,
+        "tokens": summary.tokens,
+        "seconds": round(seconds, 2),
+        "pages_per_s": round(summary.pages / seconds, 3),
+        "tok_per_s": round(summary.tokens / seconds, 1),
+        "first_page_s": round(FirstPage.first or 0.0, 2),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+        "finish": finishes,
+        "retried": sum(p.prediction.attempts > 1 for d in summary.documents for p in d.pages),
+    } | decoder_fields(engine)
+
+
+class FirstPage:
+    """Events that note when the first page came back."""
+
+    first: float | None = None
+
+    def __init__(self, started: float):
+        self.started = started
+
+    def pages_done(self, predictions) -> None:
+        if predictions and FirstPage.first is None:
+            FirstPage.first = time.perf_counter() - self.started
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def measure_seed(engine_class, base, model: str, device: str, tokens: int) -> dict:
+    """The seed's pattern: one page at a time through generate, transformers' default (eager)
+    experts and its own no_repeat_ngram_size=20."""
     from dsocr_cli.options import TASK_PROMPTS
 
-    batches: list[float] = []
+    options = engine_options(model, device, max_new_tokens=tokens, no_repeat_ngram=0, decoder="generate")
+    engine = engine_class(base.model, base.processor, options, device, base.dtype, model)
+    engine.plan = staticmethod(lambda page: (tokens, 0))
+    engine.model.set_experts_implementation("eager" if device == "cuda" else "eager")
+    engine.model.generation_config.no_repeat_ngram_size = 20
+    pages = pages_for(1, seed=2)
+    engine.predict(pages, "<image>\nFree OCR. ")  # warm-up
+    try:
 
-    def predictions():
-        for i in range(0, len(pages), batch):
-            batch_start = time.perf_counter()
-            predicted = engine.predict(pages[i : i + batch], TASK_PROMPTS["markdown"])
-            batches.append(round(time.perf_counter() - batch_start, 2))
-            yield from predicted
+        def predictions():  # a generator, so predict runs inside the clock
+            yield from engine.predict(pages, TASK_PROMPTS["markdown"])
 
-    result = timed(engine, pages, name, predictions(), "first_batch_s")
-    return result | {"batch": batch, "batch_seconds": batches}
-
-
-CONFIGS = {
-    # name: (pages, batch or slots, experts, ngram ban, HF no_repeat_ngram_size, lengths, decoder)
-    "seed": (1, 1, "eager", 0, 20, "fixed", "generate"),
-    "b1-grouped": (2, 1, "grouped_mm", 30, 0, "fixed", "generate"),
-    "b16-fixed": (32, 16, "grouped_mm", 30, 0, "fixed", "generate"),
-    "b16-mix": (64, 16, "grouped_mm", 30, 0, "mix", "generate"),
-    "b32-mix": (64, 32, "grouped_mm", 30, 0, "mix", "generate"),
-    "slots32-mix": (128, 32, "grouped_mm", 30, 0, "mix", "slots"),
-    "slots64-mix": (128, 64, "grouped_mm", 30, 0, "mix", "slots"),
-    "slots96-mix": (192, 96, "grouped_mm", 30, 0, "mix", "slots"),
-    "slots-auto-mix": (128, None, "grouped_mm", 30, 0, "mix", "slots"),
-}
+        return timed(engine, 1, "seed", predictions())
+    finally:
+        engine.model.generation_config.no_repeat_ngram_size = None
+        if device == "cuda":
+            engine.model.set_experts_implementation("grouped_mm")
 
 
-def identity(engine_class, base, device: str, count: int, tokens: int) -> dict:
+def identity(engine_class, base, model: str, device: str, count: int, tokens: int) -> dict:
     """How many pages decode to the same tokens continuously batched as one at a time (generate)."""
-    from dsocr_cli.engines.hf import HFEngine  # noqa: F401  (the class is the base of engine_class)
-    from dsocr_cli.options import TASK_PROMPTS, EngineOptions
+    from dsocr_cli.options import TASK_PROMPTS
 
-    pages, targets = pages_for(count, [tokens] * count, seed=3)
-    options = EngineOptions(model="bench", device=device, max_new_tokens=tokens + 1, decoder="slots")
-    engine = engine_class(base.model, base.processor, options, device, base.dtype)
-    engine.lengths = engine.decoder_class.lengths = targets
+    pages = pages_for(count, seed=3)
+    options = engine_options(model, device, max_new_tokens=tokens + 1, retry_unfinished=False)
+    engine = engine_class(base.model, base.processor, options, device, base.dtype, model)
+    engine.plan = staticmethod(lambda page: (tokens, 0))
     prompt = TASK_PROMPTS["markdown"]
     single = {p.source.key: engine.predict([p], prompt)[0].text for p in pages}
     streamed = {p.source.key: pred.text for p, pred in engine.stream(iter(pages), prompt)}
-    same = sum(single[k] == streamed[k] for k in single)
+    differ = [k for k in single if single[k] != streamed[k]]
+    first_difference = {}
+    for key in differ[:4]:
+        a, b = single[key], streamed[key]
+        first_difference[key] = next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
     return {
         "config": "identity",
         "pages": count,
         "tokens_per_page": tokens,
-        "identical": same,
-        "share": round(same / count, 3),
-        "slots": engine.decoder.slots,
+        "identical": count - len(differ),
+        "first_differing_char": first_difference,
+        "lanes": engine.decoder.config.lanes,
     }
 
 
-def run(model: str, names: list[str], fixed: int, device: str, count_override: int | None = None) -> None:
+def profile(engine_class, base, model: str, device: str, lanes: int) -> dict:
+    """torch.profiler over one eager decode step at `lanes` and one prefill group: the share of
+    GPU time in attention, MoE experts and everything else."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from dsocr_cli.options import TASK_PROMPTS
+
+    prompt = TASK_PROMPTS["markdown"]
+    engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
+    decoder = engine.decoder_for(prompt)
+    pages = [engine.preparer(prompt)(p) for p in pages_for(4, seed=7)]
+    result = {"config": "profile", "lanes": lanes}
+    # Fill `lanes` lanes with copies of prefilled pages at their real lengths.
+    group = [(p, []) for p in pages]
+    logits, layer_kv, lengths = engine._prefill(group, prompt)
+    from dsocr_cli.engines.decode import _Sequence
+
+    for i in range(lanes):
+        row = i % len(pages)
+        decoder._place([_Sequence(pages[row], time.perf_counter())], logits[row : row + 1],
+                       [(k[row : row + 1], v[row : row + 1]) for k, v in layer_kv], [lengths[row]])  # fmt: skip
+    decoder.kv.flush()
+    torch.cuda.synchronize()
+    for label, work in (
+        ("decode_step", lambda: decoder._step(lanes)),
+        ("prefill_4_pages", lambda: engine._prefill(group, prompt)),
+    ):
+        work()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            work()
+            torch.cuda.synchronize()
+        result[label] = kernel_shares(prof)
+    return result
+
+
+def kernel_shares(prof) -> dict:
+    """GPU kernel time split into attention, experts and the rest, by kernel name."""
+    groups = {"attention": 0.0, "experts": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        cuda_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+        if not cuda_us or event.key.startswith(("aten::", "cudaLaunch", "ProfilerStep")):
+            continue
+        name = event.key.lower()
+        if any(w in name for w in ("split_kernel", "merge_kernel", "flash", "attention", "fmha", "sdpa", "softmax")):
+            groups["attention"] += cuda_us
+        elif any(w in name for w in ("grouped", "moe", "expert", "histc", "sort", "index_add", "scatter_add")):
+            groups["experts"] += cuda_us
+        else:
+            groups["other"] += cuda_us
+    total = sum(groups.values()) or 1.0
+    return {"gpu_ms": round(total / 1000, 2)} | {k: round(v / total, 3) for k, v in groups.items()}
+
+
+def run(model: str, names: list[str], device: str, count: int, folder: Path) -> None:
     import torch
     import transformers
 
     from dsocr_cli.engines.hf import load
-    from dsocr_cli.options import EngineOptions
 
-    base = load(EngineOptions(model=model, device=device, max_new_tokens=2048))
+    base = load(engine_options(model, device))
     engine_class = make_engine_class()
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
     print(json.dumps({"gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__}), flush=True)
     for name in names:
-        if name == "identity":
-            print(json.dumps(identity(engine_class, base, device, count_override or 64, 48)), flush=True)
-            continue
-        count, batch, experts, ngram, hf_ngram, kind, decoder = CONFIGS[name]
-        count = count_override or count
-        lengths = (
-            [fixed] * count if kind == "fixed" else smoke_lengths(mix_lengths(count, seed=1), count_override and fixed)
-        )
-        pages, targets = pages_for(count, lengths, seed=2)
-        options = EngineOptions(
-            model=model, device=device, max_new_tokens=2048, batch_size=batch, no_repeat_ngram=ngram
-        )
-        engine = engine_class(base.model, base.processor, options, device, base.dtype)
-        engine.lengths = targets
-        engine.decoder_class.lengths = targets
-        engine.model.set_experts_implementation(experts if device == "cuda" else "eager")
-        engine.model.generation_config.no_repeat_ngram_size = hf_ngram or None
-        engine.predict(pages[:1], "<image>\nFree OCR. ")  # warm-up
-        if decoder == "slots":
-            list(engine.stream(iter(pages[:2]), "<image>\nFree OCR. "))  # warm-up: capture the graph
-            result = measure_stream(engine, pages, name)
+        if name == "seed":
+            result = measure_seed(engine_class, base, model, device, 256)
+        elif name == "default":
+            result = measure_default(engine_class, base, model, device, count)
+        elif name == "e2e":
+            result = measure_e2e(engine_class, base, model, device, count, folder)
+        elif name == "identity":
+            result = identity(engine_class, base, model, device, 64 if device == "cuda" else 4, 48)
+        elif name.startswith("profile"):
+            result = profile(engine_class, base, model, device, int(name.partition("-")[2] or 128))
         else:
-            result = measure(engine, pages, batch, name)
+            raise SystemExit(f"unknown configuration {name}")
         print(json.dumps(result), flush=True)
-        del engine
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build", type=Path, help="write a random full-size checkpoint here and exit")
     parser.add_argument("--model", help="checkpoint folder written by --build")
-    parser.add_argument("--configs", default="seed,b1-grouped,b16-fixed,b16-mix")
-    parser.add_argument("--fixed-tokens", type=int, default=256)
+    parser.add_argument("--configs", default="seed,default,e2e,identity")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test on the tiny model")
-    parser.add_argument("--pages", type=int, help="override each configuration's page count (smoke tests)")
+    parser.add_argument("--pages", type=int, default=256, help="pages in the default and e2e configurations")
+    parser.add_argument("--folder", type=Path, default=Path("/tmp/dsocr-bench"), help="where e2e writes its corpus")
+    parser.add_argument("--cap", type=int, help="cap each page's target length (a CPU smoke run, not a measurement)")
     args = parser.parse_args()
+    global CAP
+    CAP = args.cap
     if args.build:
         build(args.build)
     if args.model:
-        run(args.model, args.configs.split(","), args.fixed_tokens, args.device, args.pages)
+        run(args.model, args.configs.split(","), args.device, args.pages, args.folder)
 
 
 if __name__ == "__main__":

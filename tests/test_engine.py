@@ -74,19 +74,127 @@ def test_continuous_batching_equals_page_at_a_time(tiny_model):
     assert {p.finish for p in reference.values()} == {"eos", "length"}
 
 
-def test_a_page_failing_its_prefill_does_not_stop_the_others(tiny_model):
-    """One slot: the failing page frees it again and every other page still comes back."""
-    from dsocr_cli.engines.decode import SlotDecoder
+def paged_decoder(engine, prompt: str, **overrides):
+    """A decoder over the tiny model with a chosen cache and loop settings."""
+    from dsocr_cli.engines.decode import DecoderConfig, PagedDecoder
 
-    engine = load_engine(EngineOptions(model=str(tiny_model), device="cpu", max_new_tokens=6, batch_size=1))
+    room = engine._prompt_room(prompt)
+    settings = dict(
+        lanes=4,
+        max_new_tokens=engine.options.max_new_tokens,
+        max_prompt=room,
+        eos_id=engine.eos_id,
+        blocks=4 * (room + engine.options.max_new_tokens) // 16 + 8,
+        block_size=16,
+        ngram=(engine.options.no_repeat_ngram, engine.options.no_repeat_window),
+        exempt_ids=engine.exempt_ids,
+        retry=False,
+    )
+    settings.update(overrides)
+    return PagedDecoder(engine.model, DecoderConfig(**settings))
+
+
+def run_decoder(decoder, engine, pages, prompt):
+    return {
+        done.item.source.key: done
+        for done in decoder.run(iter(pages), lambda group: engine._prefill(group, prompt), engine._measure)
+    }
+
+
+def test_preempted_sequences_resume_token_identical(tiny_model):
+    """A cache too small for the lanes' growth: sequences are preempted as they grow and resumed
+    by recomputation, and every page still equals one-at-a-time generate."""
+    engine = load_engine(
+        EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=48, no_repeat_ngram=0)
+    )
+    prompt = TASK_PROMPTS["markdown"]
+    prepare = engine.preparer(prompt)  # what render workers run: exact prompt lengths before prefill
+    sizes = [(300, 200), (700, 500), (500, 500), (600, 300), (640, 480), (300, 300)]  # no tiles: ~160 tokens
+    pages = [prepare(noise_page(i, w, h, seed=i)) for i, (w, h) in enumerate(sizes)]
+    # Room for three prompts and a little growth: lanes outgrow it and the latest is preempted.
+    decoder = paged_decoder(engine, prompt, max_prompt=200, blocks=37, ngram=(0, 0))
+    streamed = run_decoder(decoder, engine, pages, prompt)
+    reference = {p.source.key: engine.predict([p], prompt)[0] for p in pages}
+    assert decoder.preemptions > 0, "the cache must have run short"
+    for key, done in streamed.items():
+        assert engine._prediction(done.ids, 0.0).text == reference[key].text, key
+    assert decoder.kv.used == 0, "every block is back in the pool"
+
+
+def test_looping_is_detected_for_periods_beyond_the_ban():
+    import torch
+
+    from dsocr_cli.engines.ngram import looping
+
+    cycle = list(range(100, 170))  # period 70, longer than an n-gram ban of 30 within 60 could break
+    loop = [5, 6, 7] + cycle * 5
+    fresh = list(range(1000, 1000 + len(loop)))
+    short = [5, 6, 7] + cycle + cycle[:20]  # repeats, but over fewer tokens than the span
+    history = torch.full((3, 400), -1)
+    for row, ids in enumerate((loop, fresh, short)):
+        history[row, : len(ids)] = torch.tensor(ids)
+    lengths = torch.tensor([len(loop), len(fresh), len(short)])
+    assert looping(history, lengths, span=64, max_period=128).tolist() == [True, False, False]
+
+
+class CyclingDecoder:
+    """Forces page p1 into a 70-token cycle on its first attempt: a loop no n-gram ban can break."""
+
+    @staticmethod
+    def make(engine, prompt, **overrides):
+        import torch
+
+        from dsocr_cli.engines.decode import PagedDecoder
+
+        class Cycling(PagedDecoder):
+            def on_admit(self, lane, seq):
+                self.cycling[lane] = seq.item.source.key == "p1" and not seq.strict
+
+            def on_move(self, source, target):
+                self.cycling[target], self.cycling[source] = self.cycling[source], False
+
+            def adjust(self, logits, b):
+                logits = super().adjust(logits, b)
+                generated = self.generated[:b]
+                earlier = self.history[:b].gather(1, (generated - 70).clamp(min=0)[:, None]).squeeze(1)
+                token = torch.where(generated >= 70, earlier, 10 + generated % 70)
+                forced = torch.full_like(logits, float("-inf")).scatter(1, token[:, None], 0.0)
+                return torch.where(self.cycling[:b, None], forced, logits)
+
+        decoder = paged_decoder(engine, prompt, **overrides)
+        decoder.__class__ = Cycling
+        decoder.cycling = torch.zeros(decoder.config.lanes, dtype=torch.bool)
+        return decoder
+
+
+def test_a_looping_page_is_retried_inside_the_decoder(tiny_model):
+    """The loop ends the first attempt early (long before the token limit) and the strict retry
+    runs as a new sequence beside the other pages, which go on decoding meanwhile."""
+    engine = load_engine(EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=240))
     prompt = TASK_PROMPTS["free"]
-    decoder = SlotDecoder(engine.model, 1, 6, engine._prompt_room(prompt), engine.eos_id)
+    pages = [noise_page(i, 300, 200, seed=i) for i in range(3)]
+    decoder = CyclingDecoder.make(engine, prompt, retry=True, loop_span=64, loop_period=128, loop_every=8)
+    decoder.timeline = []
+    streamed = run_decoder(decoder, engine, pages, prompt)
+    loops = [event for event in decoder.timeline if event[1] == "retry-repetition"]
+    assert len(loops) == 1 and loops[0][2] < 200, "detected within the span, one check and the period"
+    steps_after = [e for e in decoder.timeline if e[1] == "step" and e[0] > loops[0][0]]
+    assert len(steps_after) >= 200, "the other lanes kept decoding while the retry was admitted"
+    assert streamed["p1"].attempts == 2 and streamed["p1"].finish != "repetition"
+    assert {k: streamed[k].finish for k in ("p0", "p2")} == {"p0": "length", "p2": "length"}
 
-    def prefill(page):
-        if page.source.key in ("p1", "p2"):
+
+def test_a_page_failing_its_prefill_does_not_stop_the_others(tiny_model):
+    """One lane: the failing page frees it again and every other page still comes back."""
+    engine = load_engine(EngineOptions(model=str(tiny_model), device="cpu", max_new_tokens=6))
+    prompt = TASK_PROMPTS["free"]
+    decoder = paged_decoder(engine, prompt, lanes=1)
+
+    def prefill(group):
+        if any(page.source.key in ("p1", "p2") for page, _ in group):
             raise ValueError("cannot preprocess this page")
-        return engine._prefill(page, prompt)
+        return engine._prefill(group, prompt)
 
     pages = [noise_page(i, 300, 200, seed=i) for i in range(5)]
-    results = {page.source.key: finish for page, _, finish, _ in decoder.run(iter(pages), prefill)}
+    results = {done.item.source.key: done.finish for done in decoder.run(iter(pages), prefill)}
     assert results == {"p0": "length", "p1": "error", "p2": "error", "p3": "length", "p4": "length"}

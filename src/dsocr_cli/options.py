@@ -75,6 +75,7 @@ class RenderOptions:
     password: str | None = None
     max_pixels: int = 40_000_000  # a page larger than this at the asked DPI is rendered smaller
     timeout: float = 120.0  # seconds a page may take to render before its document fails
+    workers: int | None = None  # render processes, one document each; None: from the cores (schedule.default_workers)
 
     def wants(self, number: int) -> bool:
         if self.pages is None:

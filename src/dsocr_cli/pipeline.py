@@ -115,7 +115,12 @@ class Pipeline:
                 self._fail_open("engine", f"pages lost when decoding failed ({_one_line(exc)})")
                 return
             self.events.pages_done([prediction] if isinstance(prediction, Prediction) else [])
-            self._handle(self._retry_unfinished([(page, prediction)], prompt))
+            predicted = [(page, prediction)]
+            self._handle(
+                predicted
+                if getattr(self.engine, "retries_inside", False)
+                else self._retry_unfinished(predicted, prompt)
+            )
         self._fail_open("engine", "pages never came back from the engine")
 
     def _fail_open(self, reason: str, why: str) -> None:
@@ -125,7 +130,8 @@ class Pipeline:
 
     def _pages(self, sources: Sequence[Source], on_failed=None):
         """The pages of open documents, acting on each document's start, end and failure on the way."""
-        for item in page_stream(self._to_do(sources), self.options.render):
+        render = self.options.render
+        for item in page_stream(self._to_do(sources), render, prepare=self._preparer(), workers=render.workers):
             if isinstance(item, PageImage):
                 if item.source in self.open:
                     yield item
@@ -137,6 +143,13 @@ class Pipeline:
                 if on_failed:
                     on_failed(item.source)
                 self._fail(item.source, item.error.reason, item.error.one_line())
+
+    def _preparer(self):
+        """The engine's preprocessing, to run in the render workers (continuous engines only: they
+        consume ready inputs; `predict` makes its own)."""
+        if getattr(self.engine, "continuous", False) and hasattr(self.engine, "preparer"):
+            return self.engine.preparer(self.options.task.text)
+        return None
 
     def _to_do(self, sources: Sequence[Source]):
         """Sources not already done with the same input and settings (resume); the rest are skipped."""
@@ -188,7 +201,7 @@ class Pipeline:
                 self._fail(page.source, "output", f"{where}: cannot write its output ({_one_line(exc)})")
                 continue
             # Keep the page's record but not its pixels: long documents must not pile up images.
-            doc.pages.append(PageResult(dataclasses.replace(page, image=None), prediction, parsed))
+            doc.pages.append(PageResult(dataclasses.replace(page, image=None, inputs=None), prediction, parsed))
             self._maybe_commit(doc)
 
     def _retry_unfinished(self, predicted: list, prompt: str) -> list:

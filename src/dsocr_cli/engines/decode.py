@@ -1,99 +1,157 @@
-"""Continuous batching for the native DeepSeek-OCR-2: a fixed set of decode slots over a
-preallocated KV cache. A page that finishes leaves its slot at once and the next page takes it,
-so a batch no longer runs as long as its longest page.
+"""Continuous batching for the native DeepSeek-OCR-2 over a paged KV cache.
 
-Why not `generate`: it keeps every row of a batch until the longest one ends (with pages of
-256..2,000 tokens, half the rows idle), grows its cache by concatenation every step (the
-allocator churns) and cannot take a new page into a running batch. Here each page is prefilled
-alone through the model's own forward (vision encoder included, so its memory is one page's),
-its keys and values are copied into a free slot, and one decode step advances every slot:
-the text decoder's own modules (norms, projections, rotary embedding, MoE) with the cache
-written per slot at that slot's position. The step has fixed shapes, so on CUDA it is captured
-once as a CUDA graph and replayed, which removes the launch overhead that bounds decoding.
+Why not `generate`: it keeps every row of a batch until the longest one ends, grows its cache by
+concatenation every step and cannot take a new page into a running batch. Here pages stream
+through a set of lanes: a page is prefilled (several per forward, vision encoder included) and
+its keys and values are written into cache blocks (engines/kv.py); one decode step advances every
+lane with the text decoder's own modules and an attention that reads only filled blocks
+(engines/kernels); a page that ends frees its lane and blocks at once.
+
+The scheduler, in one loop: admit a bounded group of pages (so running lanes never wait long),
+advance every lane one token, then collect what finished. A page that loops (a repeated span
+longer than the n-gram ban's window, detected on the device) or hits the token limit is admitted
+again as a new sequence with the strict ban: a retry never blocks the other lanes. When blocks
+run out, the most recently admitted sequence is preempted: its blocks are freed and it is resumed
+later by recomputing its cache from its prompt and the tokens it had, never failed.
+
+The decode step has fixed shapes per batch-size bucket, so on CUDA each bucket is captured once
+as a CUDA graph and replayed; lanes are compacted so the smallest bucket that holds them runs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from dsocr_cli.engines.ngram import ban_repeats
+from dsocr_cli.engines.kernels.paged_attention import paged_decode_attention
+from dsocr_cli.engines.kv import PagedKV
+from dsocr_cli.engines.ngram import ban_repeats, looping
 
 log = logging.getLogger(__name__)
 
+# (item, [(item, kept ids)]) -> (first-token logits (n, vocab), per-layer (keys, values) of shape
+# (n, heads, padded length, dim) left-padded, prompt lengths)
+Prefill = Callable[[list[tuple[object, list[int]]]], tuple[torch.Tensor, list, list[int]]]
+
 
 @dataclass
-class _Slot:
+class _Sequence:
     item: object  # what the caller gave (a page); returned with its tokens
     started: float
+    strict: bool = False  # a retry: the strict n-gram ban
+    order: int = 0  # admission order: the latest admitted is preempted first
+    kept: list[int] = field(default_factory=list)  # tokens generated before a preemption
 
 
-class SlotDecoder:
-    """Greedy decoding of many sequences in `slots` lanes of one static cache."""
+@dataclass(frozen=True)
+class Finished:
+    """One sequence's end: its generated ids (EOS included if reached) or the exception it raised."""
 
-    def __init__(
-        self,
-        model,
-        slots: int,
-        max_new_tokens: int,
-        max_prompt: int,
-        eos_id: int,
-        ngram: tuple[int, int] = (0, 0),
-        exempt_ids: tuple[int, ...] = (),
-        use_graph: bool = True,
-    ):
+    item: object
+    ids: list[int] | Exception
+    finish: str  # eos, length, repetition or error
+    seconds: float
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    lanes: int  # sequences in flight at most
+    max_new_tokens: int
+    max_prompt: int  # the longest prompt a page can give, in tokens
+    eos_id: int
+    blocks: int  # cache blocks of `block_size` tokens (one is reserved)
+    block_size: int = 64
+    ngram: tuple[int, int] = (0, 0)  # (n, window) of the windowed no-repeat ban; n < 2: off
+    strict_ngram: tuple[int, int] = (20, 256)  # the ban of a retry
+    exempt_ids: tuple[int, ...] = ()  # tokens never banned (table cells)
+    retry: bool = True  # admit a page that looped or hit the limit again, strictly
+    prefill_tokens: int = 4608  # prompt tokens prefilled per forward at most
+    prefill_share: float = 0.5  # of the run's time at most spent prefilling while lanes are running
+    loop_span: int = 256  # a loop: the last loop_span tokens equal those some period earlier...
+    loop_period: int = 512  # ...of at most this many tokens
+    loop_every: int = 32  # steps between loop checks
+    use_graph: bool = True
+
+
+class PagedDecoder:
+    """Greedy decoding of many sequences over one paged cache."""
+
+    def __init__(self, model, config: DecoderConfig):
         text = model.model.language_model
         attention = text.layers[0].self_attn
-        config = text.config
-        self.model, self.text, self.lm_head = model, text, model.lm_head
-        self.slots, self.max_new, self.eos = slots, max_new_tokens, eos_id
-        self.ngram, self.window = ngram
-        self.max_len = max_prompt + max_new_tokens
+        self.model, self.text, self.lm_head, self.config = model, text, model.lm_head, config
         self.device = model.lm_head.weight.device
-        dtype = model.lm_head.weight.dtype
-        shape = (slots, config.num_key_value_heads, self.max_len, attention.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in text.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in text.layers]
-        self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)  # next write index
-        self.generated = torch.zeros(slots, dtype=torch.long, device=self.device)  # tokens so far
-        self.history = torch.full((slots, max_new_tokens + 1), -1, dtype=torch.long, device=self.device)
-        self.next_ids = torch.zeros(slots, dtype=torch.long, device=self.device)
-        self.exempt = torch.tensor(exempt_ids, dtype=torch.long, device=self.device)
-        self.lanes = torch.arange(slots, device=self.device)
-        self.cache_index = torch.arange(self.max_len, device=self.device)
-        self.use_graph = use_graph and self.device.type == "cuda"
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.max_len = config.max_prompt + config.max_new_tokens
+        if config.blocks - 1 < -(-self.max_len // config.block_size):
+            raise ValueError(f"{config.blocks} cache blocks cannot hold one sequence of {self.max_len} tokens")
+        lanes, device = config.lanes, self.device
+        self.kv = PagedKV(
+            len(text.layers),
+            config.blocks,
+            config.block_size,
+            text.config.num_key_value_heads,
+            attention.head_dim,
+            lanes,
+            self.max_len,
+            model.lm_head.weight.dtype,
+            device,
+        )
+        self.positions = torch.zeros(lanes, dtype=torch.long, device=device)  # next write index
+        self.generated = torch.zeros(lanes, dtype=torch.long, device=device)  # tokens so far
+        self.history = torch.full((lanes, config.max_new_tokens + 1), -1, dtype=torch.long, device=device)
+        self.next_ids = torch.zeros(lanes, dtype=torch.long, device=device)
+        self.active = torch.zeros(lanes, dtype=torch.bool, device=device)
+        self.strict = torch.zeros(lanes, dtype=torch.bool, device=device)
+        self.exempt = torch.tensor(config.exempt_ids, dtype=torch.long, device=device)
+        self.buckets = _buckets(lanes)
+        self.use_graph = config.use_graph and device.type == "cuda"
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.lanes: dict[int, _Sequence] = {}  # lane -> the sequence in it
+        self.lengths = [0] * lanes  # host mirror of `positions`: what each lane's cache holds
+        self.queue: deque[_Sequence] = deque()  # preempted and retried sequences, before new pages
+        self.steps = 0
+        self.admitted = 0
+        self.preemptions = 0
+        self.prefill_seconds = 0.0
+        self.timeline: list[tuple[float, str, int]] | None = None  # (time, event, count) when recording
 
-    # ---- the decode step: fixed shapes, no host synchronisation ----
+    # ---- the decode step: fixed shapes per bucket, no host synchronisation ----
 
-    def _step(self) -> None:
-        ids = self.next_ids
-        position = self.positions
-        hidden = self.text.embed_tokens(ids)[:, None, :]
+    def _step(self, b: int) -> None:
+        position, active, table = self.positions[:b], self.active[:b], self.kv.table[:b]
+        hidden = self.text.embed_tokens(self.next_ids[:b])[:, None, :]
         cos, sin = self.text.rotary_emb(hidden, position[:, None])
-        visible = (self.cache_index[None, :] <= position[:, None])[:, None, None, :]
+        size = self.config.block_size
+        slots = table.gather(1, (position // size)[:, None]).squeeze(1).long() * size + position % size
+        seq_lens = torch.where(active, position + 1, 0).to(torch.int32)
         for i, layer in enumerate(self.text.layers):
-            hidden = hidden + self._attend(layer.self_attn, layer.input_layernorm(hidden), cos, sin, visible, i)
+            x = layer.input_layernorm(hidden)
+            hidden = hidden + self._attend(layer.self_attn, x, cos, sin, slots, table, seq_lens, i)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        logits = self.adjust(self.lm_head(self.text.norm(hidden)[:, -1, :]).float())
+        logits = self.adjust(self.lm_head(self.text.norm(hidden)[:, -1, :]).float(), b)
         chosen = logits.argmax(dim=-1)
-        self.history[self.lanes, self.generated] = chosen
-        self.next_ids.copy_(chosen)
-        self.positions.add_(1).clamp_(max=self.max_len - 1)
-        self.generated.add_(1).clamp_(max=self.max_new)  # idle lanes run on in place
+        generated = self.generated[:b]
+        self.history[:b].scatter_(1, generated[:, None], chosen[:, None])
+        self.next_ids[:b].copy_(chosen)
+        step = active.long()
+        position.add_(step)
+        generated.add_(step).clamp_(max=self.config.max_new_tokens)
 
-    def adjust(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits before the greedy choice: the repetition ban (the benchmark adds forced lengths)."""
-        if self.ngram > 1:
-            logits = ban_repeats(self.history, self.generated, logits, self.ngram, self.window, self.exempt)
-        return logits
+    def adjust(self, logits: torch.Tensor, b: int) -> torch.Tensor:
+        """Logits before the greedy choice: the repetition bans (the benchmark adds forced lengths)."""
+        history, generated = self.history[:b], self.generated[:b]
+        (n, window), (strict_n, strict_window) = self.config.ngram, self.config.strict_ngram
+        normal = ban_repeats(history, generated, logits, n, window, self.exempt) if n > 1 else logits
+        strict = ban_repeats(history, generated, logits, strict_n, strict_window, self.exempt)
+        return torch.where(self.strict[:b, None], strict, normal)
 
-    def _attend(self, attn, x, cos, sin, visible, layer: int):
+    def _attend(self, attn, x, cos, sin, slots, table, seq_lens, layer: int):
         from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import apply_rotary_pos_emb
 
         batch = x.shape[0]
@@ -101,100 +159,281 @@ class SlotDecoder:
         k = attn.k_proj(x).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        self.keys[layer][self.lanes, :, self.positions] = k[:, :, 0]
-        self.values[layer][self.lanes, :, self.positions] = v[:, :, 0]
-        out = F.scaled_dot_product_attention(
-            q,
-            self.keys[layer],
-            self.values[layer],
-            attn_mask=visible,
-            scale=attn.scaling,
-            enable_gqa=attn.num_key_value_groups > 1,
+        self.kv.write(layer, slots, k[:, :, 0], v[:, :, 0])
+        out = paged_decode_attention(
+            q[:, :, 0], self.kv.keys[layer], self.kv.values[layer], table, seq_lens, attn.scaling
         )
-        return attn.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
+        return attn.o_proj(out.reshape(batch, 1, -1))
 
-    def _advance(self) -> None:
+    def warm_up(self) -> None:
+        """Capture every bucket's graph now (largest first, one shared memory pool), so the first
+        pages of a run do not pay for it."""
         if not self.use_graph:
-            self._step()
             return
-        if self.graph is None:
-            self.graph = self._capture()
-        if self.graph is None:
-            self.use_graph = False  # capture failed once: decode eagerly from now on, no retries
-            self._step()
-        else:
-            self.graph.replay()
+        pool = None
+        for b in sorted(self.buckets, reverse=True):
+            graph = self._capture(b, pool)
+            if graph is None:
+                self.use_graph = False
+                self.graphs.clear()
+                return
+            self.graphs[b] = graph
+            pool = graph.pool()
 
-    def _capture(self) -> torch.cuda.CUDAGraph | None:
-        """Record the step once; its buffers are the slots' state, so replays see every refill.
-        The warm-up steps run on copies of the state, which is then restored."""
+    def _capture(self, b: int, pool) -> torch.cuda.CUDAGraph | None:
+        """Record bucket b's step; its buffers are the lanes' state, so replays see every refill.
+        The warm-up steps run on the live state, which is then restored."""
         saved = [t.clone() for t in (self.positions, self.generated, self.history, self.next_ids)]
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):
-                    self._step()
+                    self._step(b)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._step()
+            with torch.cuda.graph(graph, pool=pool):
+                self._step(b)
         except Exception as exc:  # an op that cannot be captured: decode eagerly instead
-            log.warning("decoding without a CUDA graph (%s)", str(exc).splitlines()[0][:200])
+            log.warning("decoding without CUDA graphs (%s)", str(exc).splitlines()[0][:200])
             graph = None
         for tensor, value in zip((self.positions, self.generated, self.history, self.next_ids), saved, strict=True):
             tensor.copy_(value)
         return graph
 
-    # ---- admission and completion ----
+    def _advance(self) -> None:
+        b = next(size for size in self.buckets if size > max(self.lanes))
+        for lane in self.lanes:
+            self.lengths[lane] += 1
+        graph = self.graphs.get(b) if self.use_graph else None
+        if graph is None and self.use_graph and not self.graphs:
+            self.warm_up()
+            graph = self.graphs.get(b)
+        if graph is not None:
+            graph.replay()
+        else:
+            self._step(b)
+        self.steps += 1
+        if self.timeline is not None:
+            self.timeline.append((time.perf_counter(), "step", b))
 
-    def _admit(self, lane: int, prefill: Callable[[object], tuple], item) -> _Slot:
-        """Prefill one page alone and move its keys and values into `lane`."""
-        started = time.perf_counter()
-        first_logits, layer_kv, length = prefill(item)
-        if length + self.max_new > self.max_len:
-            raise ValueError(f"prompt of {length} tokens exceeds the decoder's room ({self.max_len - self.max_new})")
-        for i, (k, v) in enumerate(layer_kv):
-            self.keys[i][lane, :, :length] = k[0, :, -length:]
-            self.values[i][lane, :, :length] = v[0, :, -length:]
-        self.history[lane].fill_(-1)
-        first = first_logits.float().argmax(dim=-1)
-        self.history[lane, 0] = first
-        self.next_ids[lane] = first
-        self.positions[lane] = length
-        self.generated[lane] = 1
-        return _Slot(item, started)
+    # ---- the scheduler ----
 
-    def run(self, items: Iterable, prefill: Callable[[object], tuple]) -> Iterator[tuple[object, list, str, float]]:
-        """Yield (item, generated ids with EOS if reached, finish, seconds) as each sequence ends;
-        finish is 'eos' or 'length', or 'error' with the exception in place of the ids."""
+    def run(
+        self,
+        items: Iterable,
+        prefill: Prefill,
+        measure: Callable[[object], int] | None = None,
+        forget: Callable[[object], object] | None = None,
+    ) -> Iterator[Finished]:
+        """Yield a Finished for every item as it ends (retries already done, so each item once).
+        `measure(item)` tells an item's prompt tokens before its prefill where known; `forget(item)`
+        returns the item to keep once it is prefilled (without bulky inputs a retry can remake)."""
+        self.forget = forget or (lambda item: item)
         pending = iter(items)
-        active: dict[int, _Slot] = {}
         exhausted = False
+        started = time.perf_counter()
+        self.prefill_seconds = 0.0
         while True:
-            for lane in range(self.slots):
-                while lane not in active and not exhausted:  # a page that fails its prefill frees the lane again
-                    item = next(pending, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    try:
-                        active[lane] = self._admit(lane, prefill, item)
-                    except Exception as exc:  # this page alone fails
-                        yield item, exc, "error", 0.0
-            if not active:
-                return  # only when every lane is free and nothing is left to admit
-            yield from self._finished(active)
-            if active:
-                self._advance()
+            if (not exhausted or self.queue) and self._may_prefill(started):
+                exhausted = yield from self._admit(pending, prefill, measure or (lambda item: self.config.max_prompt))
+            if not self.lanes:
+                if exhausted and not self.queue:
+                    return
+                continue
+            self._reserve()
+            self._compact()
+            self.kv.flush()
+            self._advance()
+            yield from self._collect()
 
-    def _finished(self, active: dict[int, _Slot]) -> Iterator[tuple[object, list, str, float]]:
-        last = self.history[self.lanes, (self.generated - 1).clamp(min=0)]
-        done = (last == self.eos) | (self.generated >= self.max_new)
-        lanes = [lane for lane in done.nonzero().flatten().tolist() if lane in active]  # one sync per step
-        for lane in lanes:
-            slot = active.pop(lane)
-            count = int(self.generated[lane])
-            ids = self.history[lane, :count].tolist()
-            finish = "eos" if ids and ids[-1] == self.eos else "length"
-            yield slot.item, ids, finish, time.perf_counter() - slot.started
+    def _may_prefill(self, started: float) -> bool:
+        """Prefill shares the GPU with running lanes: while any run, it may take at most
+        `prefill_share` of the time, so a long queue of admissions never stalls decoding."""
+        if not self.lanes:
+            return True
+        return self.prefill_seconds <= self.config.prefill_share * (time.perf_counter() - started)
+
+    def _admit(self, pending: Iterator, prefill: Prefill, measure) -> Iterator[Finished]:
+        """Prefill one group of waiting sequences into free lanes; return True once `pending` is empty."""
+        group, tokens, exhausted = [], 0, False
+        free = self.config.lanes - len(self.lanes)
+        spare = len(self.kv.free)
+        while len(group) < free:
+            if self.queue:
+                seq = self.queue[0]
+            else:
+                item = next(pending, _END) if not exhausted else _END
+                if item is _END:
+                    exhausted = True
+                    break
+                seq = _Sequence(item, time.perf_counter())
+                self.queue.appendleft(seq)
+            need = measure(seq.item) + len(seq.kept)
+            blocks = self.kv.blocks_for(need + 1) + self._headroom()
+            if group and (tokens + need > self.config.prefill_tokens or blocks > spare):
+                break
+            if not group and blocks > spare and self.lanes:
+                break  # wait for running sequences to free blocks
+            group.append(self.queue.popleft())
+            tokens += need
+            spare -= blocks
+        if group:
+            began = time.perf_counter()
+            yield from self._prefill_group(group, prefill)
+            self.prefill_seconds += time.perf_counter() - began
+        return exhausted and not self.queue
+
+    def _headroom(self) -> int:
+        """Blocks kept free per admission so running sequences can grow a while before preempting."""
+        return max(1, len(self.lanes) // 8)
+
+    def _prefill_group(self, group: list[_Sequence], prefill: Prefill) -> Iterator[Finished]:
+        """Prefill a group; when it fails, split it, so that only a sequence failing alone is lost."""
+        try:
+            logits, layer_kv, lengths = prefill([(s.item, s.kept[:-1]) for s in group])
+        except Exception as exc:
+            if len(group) == 1:
+                log.debug("prefill failed", exc_info=True)
+                seq = group[0]
+                yield Finished(seq.item, exc, "error", 0.0, 2 if seq.strict else 1)
+                return
+            half = len(group) // 2
+            yield from self._prefill_group(group[:half], prefill)
+            yield from self._prefill_group(group[half:], prefill)
+            return
+        for seq in group:
+            seq.item = self.forget(seq.item)
+        self._place(group, logits, layer_kv, lengths)
+        if self.timeline is not None:
+            self.timeline.append((time.perf_counter(), "prefill", len(group)))
+
+    def _place(self, group: list[_Sequence], logits: torch.Tensor, layer_kv: list, lengths: list[int]) -> None:
+        """Write each prefilled sequence's keys and values into blocks of a free lane."""
+        free = [lane for lane in range(self.config.lanes) if lane not in self.lanes]
+        placed, slots = [], []
+        for row, seq in enumerate(group):
+            lane = free[len(placed)]
+            if not self.kv.ensure(lane, lengths[row] + 1):  # +1: the first decode step writes there
+                self.queue.appendleft(seq)  # blocks ran short after all: try again later
+                continue
+            slots.append(self.kv.slots(lane, 0, lengths[row]))
+            placed.append((row, lane, seq))
+        if not placed:
+            return
+        slots_all = torch.cat(slots)
+        for layer, (keys, values) in enumerate(layer_kv):
+            k = torch.cat([keys[row, :, keys.shape[2] - lengths[row] :].transpose(0, 1) for row, _, _ in placed])
+            v = torch.cat([values[row, :, values.shape[2] - lengths[row] :].transpose(0, 1) for row, _, _ in placed])
+            self.kv.write(layer, slots_all, k, v)
+        first = logits.float().argmax(dim=-1)
+        for row, lane, seq in placed:
+            self._start_lane(lane, seq, first[row], lengths[row])
+
+    def _start_lane(self, lane: int, seq: _Sequence, first: torch.Tensor, length: int) -> None:
+        self.history[lane].fill_(-1)
+        if seq.kept:  # resumed: the cache now holds the prompt and all kept tokens but the last
+            kept = torch.tensor(seq.kept, dtype=torch.long, device=self.device)
+            self.history[lane, : len(seq.kept)] = kept
+            self.next_ids[lane] = kept[-1]
+            self.generated[lane] = len(seq.kept)
+        else:
+            self.history[lane, 0] = first
+            self.next_ids[lane] = first
+            self.generated[lane] = 1
+        self.positions[lane] = length
+        self.active[lane] = True
+        self.strict[lane] = seq.strict
+        self.lengths[lane] = length
+        self.admitted += 1
+        seq.order = self.admitted
+        self.lanes[lane] = seq
+        self.on_admit(lane, seq)
+
+    def on_admit(self, lane: int, seq: _Sequence) -> None:
+        """A hook for subclasses (the benchmark sets per-lane targets here)."""
+
+    def _reserve(self) -> None:
+        """Give every lane a block for the position the next step writes; preempt when short."""
+        for lane in sorted(self.lanes, key=lambda lane: self.lanes[lane].order):
+            while lane in self.lanes and not self.kv.ensure(lane, self.lengths[lane] + 1):
+                victim = max(self.lanes, key=lambda other: self.lanes[other].order)
+                self._preempt(victim)
+
+    def _preempt(self, lane: int) -> None:
+        """Free a lane's blocks; its sequence waits at the front of the queue with what it generated."""
+        seq = self.lanes.pop(lane)
+        seq.kept = self.history[lane, : int(self.generated[lane])].tolist()
+        self._clear(lane)
+        self.queue.appendleft(seq)
+        self.preemptions += 1
+        log.debug("preempted a sequence after %d tokens (cache blocks ran out)", len(seq.kept))
+        if self.timeline is not None:
+            self.timeline.append((time.perf_counter(), "preempt", 1))
+
+    def _clear(self, lane: int) -> None:
+        self.kv.release(lane)
+        self.active[lane] = False
+        self.positions[lane] = 0
+        self.generated[lane] = 0
+        self.strict[lane] = False
+        self.lengths[lane] = 0
+
+    def _compact(self) -> None:
+        """Move the highest lanes down into free ones when a smaller bucket would then hold them all."""
+        needed = next(size for size in self.buckets if size >= len(self.lanes))
+        while self.lanes and max(self.lanes) >= needed:
+            source = max(self.lanes)
+            target = min(lane for lane in range(self.config.lanes) if lane not in self.lanes)
+            for state in (self.positions, self.generated, self.history, self.next_ids, self.active, self.strict):
+                state[target] = state[source]
+            self.kv.move(source, target)
+            self.lanes[target] = self.lanes.pop(source)
+            self.lengths[target], self.lengths[source] = self.lengths[source], 0
+            self.active[source] = False
+            self.positions[source] = 0
+            self.generated[source] = 0
+            self.on_move(source, target)
+
+    def on_move(self, source: int, target: int) -> None:
+        """A hook for subclasses whose per-lane state must follow a compacted sequence."""
+
+    def _collect(self) -> Iterator[Finished]:
+        """One host synchronisation per step: which lanes ended, and how."""
+        b = next(size for size in self.buckets if size > max(self.lanes))
+        generated = self.generated[:b]
+        last = self.history[:b].gather(1, (generated - 1).clamp(min=0)[:, None]).squeeze(1)
+        ended = (last == self.config.eos_id) | (generated >= self.config.max_new_tokens)
+        code = ended.long()
+        if self.steps % self.config.loop_every == 0:
+            loops = looping(self.history[:b], generated, self.config.loop_span, self.config.loop_period)
+            code = torch.where(loops & ~ended, 2, code)
+        code = torch.where(self.active[:b], code, 0)
+        state = torch.stack([code, generated]).tolist()
+        for lane, (kind, count) in enumerate(zip(*state, strict=True)):
+            if kind and lane in self.lanes:
+                yield from self._end(lane, kind, count)
+
+    def _end(self, lane: int, kind: int, count: int) -> Iterator[Finished]:
+        seq = self.lanes.pop(lane)
+        ids = self.history[lane, :count].tolist()
+        self._clear(lane)
+        finish = "repetition" if kind == 2 else "eos" if ids and ids[-1] == self.config.eos_id else "length"
+        if finish != "eos" and self.config.retry and not seq.strict:
+            self.queue.append(_Sequence(seq.item, seq.started, strict=True))  # after preempted ones
+            if self.timeline is not None:
+                self.timeline.append((time.perf_counter(), f"retry-{finish}", count))
+            return
+        yield Finished(seq.item, ids, finish, time.perf_counter() - seq.started, 2 if seq.strict else 1)
+
+
+_END = object()
+
+
+def _buckets(lanes: int) -> list[int]:
+    """Batch sizes the step is captured at: powers of two below `lanes`, and `lanes` itself."""
+    sizes, size = [], 1
+    while size < lanes:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, lanes]

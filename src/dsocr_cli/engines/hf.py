@@ -1,18 +1,21 @@
 """The native engine: transformers' DeepSeek-OCR-2 (AutoModelForImageTextToText + AutoProcessor).
 
-By default pages stream through the slot decoder (engines/decode.py: continuous batching, one
-page prefilled at a time, a CUDA-graph decode step). `predict` is the reference path and serves
-strict retries and `--decoder generate`: one padded generate call per batch with LEFT padding
+By default pages stream through the paged decoder (engines/decode.py: continuous batching over a
+paged KV cache, pages prefilled in groups, CUDA-graph decode steps, loops retried inside it).
+`predict` is the reference path and serves `--decoder generate`: one padded generate call per batch with LEFT padding
 (the processor leaves it on the right, and right-padded rows diverge from single-page output).
 Both decode greedily with grouped_mm MoE experts on CUDA and the windowed n-gram ban.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dsocr_cli.engines.device import device_stats, resolve_device, resolve_dtype
@@ -27,13 +30,21 @@ log = logging.getLogger(__name__)
 EXEMPT_TOKENS = ("<td>", "</td>")
 NATIVE_MODES = ("tiled", "base")
 
+BLOCK_SIZE = 64  # tokens per cache block
+PREFILL_TOKENS = 4608  # prompt tokens per prefill forward on CUDA: about four tiled pages' vision at once
+KV_SHARE, KV_MAX_BYTES = 0.4, 20 * 2**30  # the cache's share of free GPU memory, and its cap
+TYPICAL_TOKENS = 1600  # a tiled page's prompt plus a typical page of output, for sizing the lanes
+MAX_LANES = 256
+TEXT_ROOM = 256  # prompt text tokens the decoder is built for; a longer custom prompt rebuilds it
+
 
 class HFEngine:
     name = "hf"
     decoder_class = None  # SlotDecoder unless a subclass (the benchmark) brings its own
 
-    def __init__(self, model, processor, options: EngineOptions, device: str, dtype):
+    def __init__(self, model, processor, options: EngineOptions, device: str, dtype, source: str | None = None):
         self.model = model
+        self.source = source or options.model  # where render workers load the processor from
         self.processor = processor
         self.options = options
         self.device = device
@@ -50,38 +61,111 @@ class HFEngine:
         self.image_kwargs = mode_kwargs(options.mode, processor)
         self.decoder = None  # the continuous-batching decoder, built on first use
         self.continuous = options.decoder == "slots"
+        self.retries_inside = self.continuous  # the decoder retries loops itself, without blocking
 
     def stream(self, pages: Iterable[PageImage], prompt: str) -> Iterator[tuple[PageImage, Prediction | Exception]]:
-        """Continuous batching: pages are prefilled one at a time into free decode slots and come
-        back as soon as each one ends, in the order they finish."""
-        from dsocr_cli.engines.decode import SlotDecoder
+        """Continuous batching: pages are prefilled in small groups into free lanes and come back
+        as soon as each one ends, in the order they finish; retries happen inside the decoder."""
+        decoder = self.decoder_for(prompt)
+        forget = functools.partial(dataclasses.replace, inputs=None)  # a retry remakes them; 25+ MB a page
+        run = decoder.run(pages, lambda group: self._prefill(group, prompt), self._measure, forget)
+        for done in run:
+            if done.finish == "error":
+                yield done.item, done.ids
+            else:
+                yield done.item, self._prediction(done.ids, done.seconds, done.finish, done.attempts)
 
-        if self.decoder is None:
-            n, window = self.options.no_repeat_ngram, self.options.no_repeat_window
-            slots = self.options.batch_size or self._slots_for_memory()
-            self.decoder = (self.decoder_class or SlotDecoder)(
-                self.model,
-                slots,
-                self.options.max_new_tokens,
-                self._prompt_room(prompt),
-                self.eos_id,
-                (n, window),
-                self.exempt_ids,
-            )
-            log.info("continuous batching: %d decode slots", slots)
-        for page, ids, finish, seconds in self.decoder.run(pages, lambda page: self._prefill(page, prompt)):
-            yield page, (ids if finish == "error" else self._prediction(ids, seconds))
+    def decoder_for(self, prompt: str):
+        """The paged decoder, built (and its CUDA graphs captured) once; rebuilt only for a prompt
+        longer than the room it was built with."""
+        from dsocr_cli.engines.decode import DecoderConfig, PagedDecoder
 
-    def _prefill(self, page: PageImage, prompt: str):
-        """One page through the whole model: its first-token logits and its keys and values."""
+        room = self._prompt_room(prompt)
+        if self.decoder is not None and self.decoder.config.max_prompt >= room:
+            return self.decoder
+        self.decoder = None
+        n, window = self.options.no_repeat_ngram, self.options.no_repeat_window
+        blocks, lanes = self._cache_plan(room)
+        config = DecoderConfig(
+            lanes=lanes,
+            max_new_tokens=self.options.max_new_tokens,
+            max_prompt=room,
+            eos_id=self.eos_id,
+            blocks=blocks,
+            block_size=BLOCK_SIZE,
+            ngram=(n, window),
+            exempt_ids=self.exempt_ids,
+            retry=self.options.retry_unfinished,
+            prefill_tokens=PREFILL_TOKENS if self.device == "cuda" else 2 * room,
+        )
+        self.decoder = (self.decoder_class or PagedDecoder)(self.model, config)
+        self.decoder.warm_up()
+        log.info(
+            "continuous batching: %d lanes, %d cache blocks of %d tokens (%.1f GiB)",
+            lanes,
+            blocks,
+            BLOCK_SIZE,
+            blocks * BLOCK_SIZE * self._kv_bytes_per_token() / 2**30,
+        )
+        return self.decoder
+
+    def preparer(self, prompt: str) -> Preprocess:
+        """What a render worker runs on each page: the processor's work, off the main process."""
+        return Preprocess(self.source, self.options.revision, prompt, self.image_kwargs, str(self.dtype))
+
+    def _measure(self, page: PageImage) -> int:
+        """A page's prompt tokens when its inputs are ready, else the most it can have."""
+        if page.inputs is not None:
+            return int(page.inputs["input_ids"].shape[1])
+        return self._prompt_room(TASK_PROMPTS["markdown"])
+
+    def _prefill(self, group: list[tuple[PageImage, list[int]]], prompt: str):
+        """Several pages through the whole model in one left-padded forward: first-token logits,
+        every layer's keys and values, and each row's length (prompt plus any resumed tokens)."""
         import torch
 
-        inputs = self._inputs([page], prompt)
+        inputs, lengths = self._collate(group, prompt)
         with torch.inference_mode():
             out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         cache = getattr(out, "cache", None) or out.past_key_values
         layers = [(layer.keys, layer.values) for layer in cache.layers]
-        return out.logits[:, -1, :], layers, int(inputs["input_ids"].shape[1])
+        return out.logits[:, -1, :], layers, lengths
+
+    def _collate(self, group: list[tuple[PageImage, list[int]]], prompt: str) -> tuple[dict, list[int]]:
+        """Per-page inputs (made by a render worker, or here) joined into one batch: ids left-padded,
+        resumed tokens appended, positions counted from each row's first real token."""
+        import torch
+
+        parts = [page.inputs if page.inputs is not None else self._inputs_cpu([page], prompt) for page, _ in group]
+        rows = [
+            torch.cat([p["input_ids"][0], torch.tensor(extra, dtype=torch.long)])
+            for p, (_, extra) in zip(parts, group, strict=True)
+        ]
+        lengths = [len(row) for row in rows]
+        width = max(lengths)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = row
+            mask[i, width - len(row) :] = 1
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "pixel_values": torch.cat([p["pixel_values"] for p in parts]),
+            "num_local_patches": torch.cat([torch.as_tensor(p["num_local_patches"]).view(-1) for p in parts]),
+        }
+        local = [p["pixel_values_local"] for p in parts if p.get("pixel_values_local") is not None]
+        if local:
+            inputs["pixel_values_local"] = torch.cat(local)
+        return self._to_device(inputs), lengths
+
+    def _kv_bytes_per_token(self) -> int:
+        from dsocr_cli.engines.kv import bytes_per_token
+
+        config = self.model.config.text_config
+        head_dim = config.hidden_size // config.num_attention_heads
+        return bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, head_dim, self.dtype)
 
     def _prompt_room(self, prompt: str) -> int:
         """The longest prompt a page can give: global view + the most tiles + separator + text."""
@@ -89,35 +173,42 @@ class HFEngine:
         per_view = math.ceil(image.tile_size / self.processor.patch_size / self.processor.downsample_ratio) ** 2
         global_view = math.ceil(image.size["height"] / self.processor.patch_size / self.processor.downsample_ratio) ** 2
         text = len(self.processor.tokenizer(prompt)["input_ids"])
-        return global_view + image.max_patches * per_view + 1 + text + 8
+        return global_view + image.max_patches * per_view + 1 + max(text, TEXT_ROOM) + 8
 
-    def _slots_for_memory(self) -> int:
-        """As many slots as a share of free GPU memory holds (4 on other devices)."""
+    def _cache_plan(self, room: int) -> tuple[int, int]:
+        """(cache blocks, lanes). On CUDA the blocks take a share of free memory and the lanes are
+        what those blocks hold at a typical page's length; elsewhere room for a few pages."""
         import torch
 
+        per_block = BLOCK_SIZE * self._kv_bytes_per_token()
+        longest = -(-(room + self.options.max_new_tokens) // BLOCK_SIZE) + 1
         if self.device != "cuda":
-            return 4
-        config = self.model.config.text_config
-        head_dim = config.hidden_size // config.num_attention_heads
-        per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * self.dtype.itemsize
-        per_slot = per_token * (self._prompt_room(TASK_PROMPTS["markdown"]) + self.options.max_new_tokens)
+            lanes = self.options.batch_size or 4
+            return max(longest, lanes * longest), lanes
         free, _ = torch.cuda.mem_get_info()
-        budget = min(free * 0.45, 24 * 2**30)
-        return int(max(1, min(128, budget // per_slot)))
+        blocks = max(longest, int(min(free * KV_SHARE, KV_MAX_BYTES) // per_block))
+        typical = -(-TYPICAL_TOKENS // BLOCK_SIZE)
+        lanes = self.options.batch_size or int(max(1, min(MAX_LANES, blocks // typical)))
+        return blocks, lanes
 
-    def _inputs(self, pages: Sequence[PageImage], prompt: str) -> dict:
-        inputs = self.processor(
+    def _inputs_cpu(self, pages: Sequence[PageImage], prompt: str) -> dict:
+        return self.processor(
             images=[p.image for p in pages],
             text=[prompt] * len(pages),
             return_tensors="pt",
             padding=True,
             **self.image_kwargs,
         )
-        inputs = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
+
+    def _to_device(self, inputs: dict) -> dict:
+        inputs = {k: (v.to(self.device, non_blocking=True) if hasattr(v, "to") else v) for k, v in inputs.items()}
         for key in ("pixel_values", "pixel_values_local"):
             if key in inputs:
                 inputs[key] = inputs[key].to(self.dtype)
         return inputs
+
+    def _inputs(self, pages: Sequence[PageImage], prompt: str) -> dict:
+        return self._to_device(self._inputs_cpu(pages, prompt))
 
     def predict(self, pages: Sequence[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
         """Pages through transformers' generate: the reference path, and strict retries."""
@@ -163,15 +254,51 @@ class HFEngine:
     def stats(self) -> dict:
         return device_stats(self.name, self.device, self.dtype)
 
-    def _prediction(self, row: list[int], seconds: float) -> Prediction:
+    def _prediction(self, row: list[int], seconds: float, finish: str | None = None, attempts: int = 1) -> Prediction:
+        """Generated ids -> text; EOS and padding stripped. `finish` is the decoder's verdict where
+        it has one (it detects loops), else read off the ids."""
         if self.eos_id in row:
             ids, finish = row[: row.index(self.eos_id)], "eos"
         else:
-            ids, finish = row, ("repetition" if looks_looped(row) else "length")
+            ids = row
+            finish = finish or ("repetition" if looks_looped(row) else "length")
         text = self.processor.tokenizer.decode(ids, skip_special_tokens=False)
         for token in self.strip_tokens:
             text = text.replace(token, "")
-        return Prediction(text=text, tokens=len(ids), finish=finish, seconds=seconds)
+        return Prediction(text=text, tokens=len(ids), finish=finish, seconds=seconds, attempts=attempts)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """A page's model inputs, made where the page is rendered (a render worker): the processor's
+    resize, tiling and normalisation cost 50-300 ms of CPU per page, which on the main process
+    would stall the GPU. Picklable; loads the processor once per process."""
+
+    model: str
+    revision: str | None
+    prompt: str
+    image_kwargs: dict
+    dtype: str
+
+    def __call__(self, page: PageImage) -> PageImage:
+        import torch
+
+        processor = _processor(self.model, self.revision)
+        inputs = processor(images=[page.image], text=[self.prompt], return_tensors="pt", **self.image_kwargs)
+        dtype = getattr(torch, self.dtype.replace("torch.", ""))
+        for key in ("pixel_values", "pixel_values_local"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(dtype)
+        return dataclasses.replace(page, inputs=dict(inputs))
+
+
+@functools.lru_cache(maxsize=2)
+def _processor(model: str, revision: str | None):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model, revision=revision)
+    processor.tokenizer.padding_side = "left"
+    return processor
 
 
 def mode_kwargs(mode: str, processor) -> dict:
@@ -217,7 +344,7 @@ def load(options: EngineOptions) -> HFEngine:
     model = model.to(device).eval()
     log.info("loaded %s on %s (%s)", options.model, device, str(dtype).replace("torch.", ""))
     torch.set_grad_enabled(False)
-    return HFEngine(model, processor, options, device, dtype)
+    return HFEngine(model, processor, options, device, dtype, source)
 
 
 def _check_model_path(model: str) -> str:

@@ -67,3 +67,19 @@ def looks_looped(ids: list[int], max_period: int = 64, min_repeats: int = 3, min
         if all(tail[i] == tail[i - period] for i in range(period, span)):
             return True
     return False
+
+
+def looping(history: torch.Tensor, lengths: torch.Tensor, span: int, max_period: int) -> torch.Tensor:
+    """Rows whose last `span` generated tokens repeat the `span` tokens some period p <= max_period
+    earlier: a loop the n-gram ban cannot break (its period is longer than the ban's window).
+
+    `history` (batch, capacity) holds each row's generated ids from column 0, `lengths` how many.
+    Runs on the device in a few tensor operations, so the decoder checks every row at once.
+    """
+    width = span + max_period
+    index = lengths[:, None] - width + torch.arange(width, device=history.device)
+    recent = history.gather(1, index.clamp(min=0, max=history.shape[1] - 1))
+    tail = recent[:, max_period:]  # the last `span` tokens
+    earlier = recent.unfold(1, span, 1)[:, :max_period]  # start s compares with period max_period - s
+    same = (earlier == tail[:, None, :]).all(dim=-1) & (index[:, :max_period] >= 0)
+    return same.any(dim=-1)
