@@ -79,6 +79,9 @@ Searchable = Annotated[
     bool, typer.Option("--searchable-pdf", help="Also write searchable.pdf: the input with an invisible text layer.")
 ]
 LayoutPdf = Annotated[bool, typer.Option("--layout-pdf", help="Also write layout.pdf: the annotated pages.")]
+Report = Annotated[
+    bool, typer.Option("--report/--no-report", help="Write OUT/report.html: every input, each page beside its text.")
+]
 FigureDpi = Annotated[float, typer.Option("--figure-dpi", min=72, max=1200, help="DPI of PDF figure crops.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (needs -o).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only on stderr (for cron).")]
@@ -117,6 +120,7 @@ def build_options(f: dict) -> Options:
             searchable_pdf=f["searchable_pdf"],
             layout_pdf=f["layout_pdf"],
             figure_dpi=f["figure_dpi"],
+            report=f["report"],
         ),
     )
 
@@ -246,6 +250,7 @@ def _ocr_command(name: str, want, help_text: str):
         searchable_pdf: Searchable = False,
         layout_pdf: LayoutPdf = False,
         figure_dpi: FigureDpi = 300.0,
+        report: Report = True,
         json_summary: Json = False,
         quiet: Quiet = False,
         verbose: Verbose = False,
@@ -286,6 +291,19 @@ def doctor(
     from dsocr_cli.doctor import run_doctor
 
     _execute(verbose, False, lambda env: ExitCode(run_doctor(env.data, json_output)))
+
+
+@app.command(epilog=EXIT_CODES)
+def report(
+    out: Annotated[Path, typer.Argument(help="An output folder written with -o (or several merged).")],
+    wait: Wait = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Rebuild OUT/report.html and every document's page view from the output tree alone."""
+    from dsocr_cli.writers.report import rebuild_report
+
+    _execute(verbose, quiet, lambda env: rebuild_report(out, wait))
 
 
 @app.command()

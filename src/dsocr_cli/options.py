@@ -121,6 +121,7 @@ class OutputOptions:
     searchable_pdf: bool = False  # OUT/<key>/searchable.pdf: the input with an invisible text layer
     layout_pdf: bool = False  # OUT/<key>/layout.pdf: the annotated pages in one PDF
     figure_dpi: float = 300.0  # PDF figures are re-rendered at this DPI for their crops
+    report: bool = True  # OUT/report.html and each document's page view (with plain page images)
 
     @property
     def to_stdout(self) -> bool:
