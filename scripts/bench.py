@@ -316,7 +316,7 @@ def engine_options(model: str, device: str, **overrides):
 
 
 def measure_default(engine_class, base, model: str, device: str, count: int, name: str = "default") -> dict:
-    """Engine only, at the CLI's defaults: pages with their inputs made ahead (as render workers do)."""
+    """Engine only, at the CLI's defaults: pages with their inputs made ahead, outside the clock."""
     from concurrent.futures import ThreadPoolExecutor
 
     from dsocr_cli.options import TASK_PROMPTS
@@ -331,7 +331,7 @@ def measure_default(engine_class, base, model: str, device: str, count: int, nam
     return timed(engine, count, name, stream) | decoder_fields(engine)
 
 
-def measure_e2e(engine_class, base, model: str, device: str, count: int, folder: Path) -> dict:
+def measure_e2e(engine_class, base, model: str, device: str, count: int, folder: Path, renderer=False) -> dict:
     """The whole pipeline on a folder of PDFs and images: discover, render and preprocess (worker
     pool), engine, grounding, writers, at the CLI's defaults, with the model already loaded."""
     import shutil
@@ -347,6 +347,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
     shutil.rmtree(folder / "out", ignore_errors=True)
     options = Options(engine=engine_options(model, device), output=OutputOptions(out=folder / "out"))
     engine = engine_class(base.model, base.processor, options.engine, device, base.dtype, model)
+    engine.prepare_in_renderer = renderer
     engine.decoder_for(options.task.text).timeline = []
     sources, _ = discover([str(folder / "in")])
     output = TreeOutput(folder / "out", options.output)
@@ -355,7 +356,8 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     try:
-        summary = Pipeline(options, engine, output, FirstPage(started)).run(sources)
+        events = FirstPage(started)
+        summary = Pipeline(options, engine, output, events).run(sources)
     finally:
         output.close()
     seconds = time.perf_counter() - started
@@ -364,7 +366,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
         for page in doc.pages:
             finishes[page.prediction.finish] = finishes.get(page.prediction.finish, 0) + 1
     return {
-        "config": "e2e",
+        "config": "e2e-renderer" if renderer else "e2e",
         "documents": len(sources),
         "done": summary.count("done"),
         "pages": summary.pages,
@@ -373,7 +375,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
         "seconds": round(seconds, 2),
         "pages_per_s": round(summary.pages / seconds, 3),
         "tok_per_s": round(summary.tokens / seconds, 1),
-        "first_page_s": round(FirstPage.first or 0.0, 2),
+        "first_page_s": round(events.first or 0.0, 2),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         "finish": finishes,
         "retried": sum(p.prediction.attempts > 1 for d in summary.documents for p in d.pages),
@@ -383,14 +385,13 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
 class FirstPage:
     """Events that note when the first page came back."""
 
-    first: float | None = None
-
     def __init__(self, started: float):
         self.started = started
+        self.first: float | None = None
 
     def pages_done(self, predictions) -> None:
-        if predictions and FirstPage.first is None:
-            FirstPage.first = time.perf_counter() - self.started
+        if predictions and self.first is None:
+            self.first = time.perf_counter() - self.started
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
@@ -519,8 +520,8 @@ def run(model: str, names: list[str], device: str, count: int, folder: Path) -> 
             result = measure_seed(engine_class, base, model, device, 256)
         elif name == "default":
             result = measure_default(engine_class, base, model, device, count)
-        elif name == "e2e":
-            result = measure_e2e(engine_class, base, model, device, count, folder)
+        elif name in ("e2e", "e2e-renderer"):
+            result = measure_e2e(engine_class, base, model, device, count, folder, name == "e2e-renderer")
         elif name == "identity":
             result = identity(engine_class, base, model, device, 64 if device == "cuda" else 4, 48)
         elif name.startswith("profile"):

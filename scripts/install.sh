@@ -320,15 +320,57 @@ ensure_torch() {
   [[ $PROFILE == remote ]] && { packages+=(torchvision); reqs+=(torchvision); }
   want=$(index_flavour "$TORCH_INDEX")
   have=$(installed_torch_flavour) || have=""
-  if [[ -n $have && $want != any && $want != "$have" ]]; then
-    change "remove ${packages[*]} built for '$have' from $ENV_DIR (this machine wants '$want')"
-    run "$ENV_PY" -m pip uninstall -y "${packages[@]}"
-  elif [[ -n $have ]] && satisfied "${reqs[@]}"; then
+  if [[ -n $have && ($want == any || $want == "$have") ]] && satisfied "${reqs[@]}"; then
     say "ok: ${packages[*]} (${have}) already installed"
     return
   fi
+  check_torch_index
+  if [[ -n $have && $want != any && $want != "$have" ]]; then
+    change "remove ${packages[*]} built for '$have' from $ENV_DIR (this machine wants '$want')"
+    run "$ENV_PY" -m pip uninstall -y "${packages[@]}"
+  fi
   change "pip install ${packages[*]} into $ENV_DIR from $TORCH_INDEX"
   pip_install "${packages[@]}" --index-url "$TORCH_INDEX"
+}
+
+# torch_index_problem: why the torch index cannot be reached, or nothing when it can. It takes
+# seconds, where pip would retry for minutes before falling back to another index.
+torch_index_problem() {
+  "$ENV_PY" - "$TORCH_INDEX" <<'PY' 2>&1
+import os
+import ssl
+import sys
+import urllib.error
+import urllib.request
+
+url = sys.argv[1]
+cafile = os.environ.get("PIP_CERT") or os.environ.get("REQUESTS_CA_BUNDLE")  # as pip would verify
+if url.startswith(("http://", "https://")):
+    try:
+        context = ssl.create_default_context(cafile=cafile) if cafile else None
+        urllib.request.urlopen(url.rstrip("/") + "/torch/", timeout=8, context=context).close()
+    except urllib.error.HTTPError:
+        pass  # the server answered: pip judges the index itself
+    except Exception as exc:  # DNS, refused, timed out, TLS
+        print(getattr(exc, "reason", None) or exc)
+PY
+}
+
+# pip_indexes: the indexes this environment's pip is configured with, one a line.
+pip_indexes() {
+  "$ENV_PY" -m pip config list 2>/dev/null | sed -n "s/^[^=]*index-url='\(.*\)'\$/\1/p" | tr ' ' '\n' \
+    | awk 'NF && !seen[$0]++'
+}
+
+check_torch_index() {
+  local why suggestion
+  ((DRY_RUN)) && return 0
+  why=$(torch_index_problem) || why="the check itself failed"
+  [[ -z $why ]] && return 0
+  suggestion=$(pip_indexes | head -n1) || true
+  suggestion=${suggestion:-https://pypi.org/simple}
+  die "cannot reach the PyTorch wheel index $TORCH_INDEX ($why); nothing was installed from it." \
+    "Rerun with --torch-index URL naming an index this machine reaches, for example --torch-index $suggestion"
 }
 
 ensure_dsocr_native() {
@@ -360,28 +402,38 @@ ensure_dsocr_remote() {
 
 # ---------------------------------------------------------------- check
 
+# verify: prove the install runs and say what `dsocr doctor` found. A machine without a usable
+# GPU is a finding, not a failed install: the native engine runs on the CPU (the selftest proves it).
 verify() {
-  local dsocr_bin="$ENV_DIR/bin/dsocr"
-  if ((DRY_RUN)); then
-    if [[ $PROFILE == native ]]; then
-      show_cmd "$dsocr_bin" selftest
-      say "(dry-run) runs '$dsocr_bin doctor' instead when that command exists"
-    else
-      show_cmd "$ENV_PY" -c "import transformers, tokenizers, einops, addict, easydict, torchvision"
-      show_cmd "$dsocr_bin" version
-    fi
-    return
-  fi
-  if "$dsocr_bin" --help 2>/dev/null | grep -qw doctor; then
-    run "$dsocr_bin" doctor
-  elif [[ $PROFILE == native ]]; then
-    run "$dsocr_bin" selftest
-  else
+  local dsocr_bin="$ENV_DIR/bin/dsocr" report rc=0 verdict
+  if [[ $PROFILE == remote ]]; then
     # selftest builds a native DeepSeek-OCR-2 model, which transformers 4.46.3 does not have.
     run "$ENV_PY" -c 'import transformers, tokenizers, einops, addict, easydict, torchvision
 assert transformers.__version__ == "4.46.3", transformers.__version__
 print("remote-code stack: transformers", transformers.__version__, "tokenizers", tokenizers.__version__)'
     run "$dsocr_bin" version
+  fi
+  show_cmd "$dsocr_bin" doctor
+  if ((DRY_RUN)); then
+    if [[ $PROFILE == native ]]; then
+      say "(dry-run) when doctor finds no usable GPU, '$dsocr_bin selftest' proves the CPU path"
+    fi
+    return
+  fi
+  report=$("$dsocr_bin" doctor) || rc=$?
+  printf '%s\n' "$report"
+  verdict=$(sed -n 's/^verdict *//p' <<<"$report")
+  verdict=${verdict:-no verdict}
+  if ((rc == 0)); then
+    say "doctor: $verdict"
+  elif ((rc == 4)) && [[ $PROFILE == native ]]; then
+    run "$dsocr_bin" selftest || die "the install does not run: dsocr selftest failed (see above); doctor: $verdict"
+    say "doctor: $verdict; the install works, on the CPU"
+  elif ((rc == 4)); then
+    warn "doctor: $verdict"
+    say "the remote-code stack is installed; --engine infer needs what doctor asks for above"
+  else
+    die "dsocr doctor failed (exit $rc); rerun $dsocr_bin doctor --verbose"
   fi
 }
 

@@ -21,9 +21,12 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -555,3 +558,39 @@ def test_special_files_alone_are_never_opened(tmp_path):
     for path in made:
         assert len([line for line in proc.stderr.splitlines() if shown(path) + ":" in line]) == 1, proc.stderr
     assert stat.S_ISFIFO(os.stat(made[0]).st_mode)  # still a FIFO: nothing replaced or consumed it
+
+
+UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]  # nobody:nogroup
+
+
+def test_unreadable_inputs_as_an_unprivileged_user(tmp_path):
+    """Root reads mode-000 files, so the command runs as nobody here. A mode-000 file met in a
+    folder walk, one named on the command line and a folder that cannot be listed each get one
+    line naming them and the cause; with nothing else to do the run exits 3."""
+    prefix = []
+    if ROOT:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv (util-linux): cannot drop privileges to test this")
+        prefix = UNPRIVILEGED
+    with tempfile.TemporaryDirectory(prefix="dsocr-unreadable-") as scratch:
+        root = Path(scratch)
+        root.chmod(0o755)  # pytest's own tmp_path is private to root
+        folder, named = root / "in", root / "named"
+        locked = [_write(folder, "locked.png", _png()), _write(named, "locked-arg.pdf", _pdf()), folder / "private"]
+        locked[2].mkdir()
+        _write(locked[2], "inside.png", _png())
+        for path in (root, folder, named):
+            path.chmod(0o755)
+        for path in locked:
+            path.chmod(0)
+        env = dict(os.environ, HOME=str(root), PYTHONDONTWRITEBYTECODE="1")
+        command = [sys.executable, "-m", "dsocr_cli", "run", str(folder), str(locked[1]), "-o", str(root / "out")]
+        proc = subprocess.run([*prefix, *command], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 3, proc.stderr
+        assert "Traceback" not in proc.stderr
+        lines = proc.stderr.splitlines()
+        for path, says in zip(locked, ("be read", "be read", "be listed"), strict=True):
+            naming = [line for line in lines if f"{path}:" in line]
+            assert naming == [f"dsocr: {path}: cannot {says} (Permission denied)"], proc.stderr
+        assert "no input to process (3 rejected)" in proc.stderr
+        locked[2].chmod(0o755)  # so the clean-up can empty it when not root

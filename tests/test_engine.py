@@ -198,3 +198,27 @@ def test_a_page_failing_its_prefill_does_not_stop_the_others(tiny_model):
     pages = [noise_page(i, 300, 200, seed=i) for i in range(5)]
     results = {done.item.source.key: done.finish for done in decoder.run(iter(pages), prefill)}
     assert results == {"p0": "length", "p1": "error", "p2": "error", "p3": "length", "p4": "length"}
+
+
+def test_input_threads_keep_page_order_and_report_failures():
+    """Inputs are made by threads ahead of the decoder; pages come out in order, and a page whose
+    inputs cannot be made is reported with its error instead of stopping the others."""
+    import dataclasses
+    import time
+
+    from dsocr_cli.engines.inputs import prepared
+
+    def prepare(page):
+        time.sleep(0.01 * (5 - page.index % 5))  # later pages finish first
+        if page.index == 3:
+            raise ValueError("tiles do not fit")
+        return dataclasses.replace(page, inputs={"index": page.index})
+
+    pages = [noise_page(i, 40, 40, seed=i) for i in range(8)]
+    pulled = []
+    ready, failed = prepared(prepare, (pulled.append(p.index) or p for p in pages), threads=4, ahead=4)
+    first = next(ready)
+    assert first.inputs == {"index": 0} and len(pulled) <= 2, "the first page does not wait for a full window"
+    rest = list(ready)
+    assert [p.inputs["index"] for p in [first, *rest]] == [0, 1, 2, 4, 5, 6, 7]
+    assert [(p.index, str(e)) for p, e in failed()] == [(3, "tiles do not fit")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pymupdf
 import pytest
 from PIL import Image
@@ -118,3 +119,47 @@ def test_a_one_unit_figure_box_still_gives_a_crop(replayed, tmp_path):
     folder = replayed(["image"], image, {1: raw})
     with Image.open(folder / "figures" / "0001-01.png") as crop:
         assert crop.size[0] >= 1 and crop.size[1] > 50
+
+
+def rotated_figure_pdf(path: Path, rotation: int) -> Path:
+    """One A4 page whose figure is red with a green corner (so a turned crop shows), stored
+    unrotated and displayed turned by `rotation` degrees."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.draw_rect(pymupdf.Rect(100, 150, 300, 300), color=None, fill=(1, 0, 0))
+    page.draw_rect(pymupdf.Rect(100, 150, 170, 200), color=None, fill=(0, 0.8, 0))
+    page.insert_text((100, 340), "Figure 1: a red square", fontsize=11)
+    page.set_rotation(rotation)
+    doc.save(path)
+    doc.close()
+    return path
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_figure_crops_of_rotated_pages(replayed, tmp_path, rotation):
+    """The model sees the page as displayed; the crop re-rendered at --figure-dpi must show the
+    same region the same way up."""
+    pdf = rotated_figure_pdf(tmp_path / "turned.pdf", rotation)
+    with pymupdf.open(pdf) as doc:
+        page = doc[0]
+        shown = page.rect  # the displayed page: width and height swap at 90 and 270
+        figure = pymupdf.Rect(110, 160, 290, 290) * page.rotation_matrix  # inside the figure, as displayed
+        grid = [round(v * f) for v, f in zip(figure, (999 / shown.width, 999 / shown.height) * 2, strict=True)]
+        box = grid_to_points(grid, shown.width, shown.height)
+        whole = page.get_pixmap(dpi=300, alpha=False, colorspace=pymupdf.csRGB)
+    raw = f"<|ref|>image<|/ref|><|det|>[{grid}]<|/det|>\n"
+    folder = replayed(["pdf", "--figure-dpi", "300"], pdf, {1: raw})
+    with Image.open(folder / "figures" / "0001-01.png") as crop:
+        crop = crop.convert("RGB")
+    assert crop.size[0] == pytest.approx(box.width * 300 / 72, abs=3)
+    assert crop.size[1] == pytest.approx(box.height * 300 / 72, abs=3)
+    # The same region of the displayed page rendered whole: the crop matches it pixel for pixel,
+    # up to a pixel's shift at the edges.
+    expected = Image.frombytes("RGB", (whole.width, whole.height), whole.samples)
+    scale = 300 / 72
+    expected = expected.crop([round(v * scale) for v in (box.x0, box.y0, box.x1, box.y1)]).resize(crop.size)
+    pixels = np.asarray(crop, dtype=np.int16)
+    differing = (np.abs(pixels - np.asarray(expected, dtype=np.int16)).max(axis=2) > 60).mean()
+    assert differing < 0.02, f"{differing:.1%} of the pixels differ at {rotation} degrees"
+    greens = ((pixels[..., 1] > 150) & (pixels[..., 0] < 100)).mean()
+    assert greens > 0.05  # the green corner is inside the crop

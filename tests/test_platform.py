@@ -52,7 +52,7 @@ def scratch(tmp_path):
     return repo, home, stubs
 
 
-def run_install(scratch, *args: str, path: str | None = None) -> subprocess.CompletedProcess:
+def run_install(scratch, *args: str, path: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     repo, home, stubs = scratch
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONDA", "MAMBA", "VIRTUAL_ENV"))}
     env.update(
@@ -67,7 +67,7 @@ def run_install(scratch, *args: str, path: str | None = None) -> subprocess.Comp
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 
@@ -131,7 +131,8 @@ def test_dry_run_cpu_venv_plans_everything_and_changes_nothing(scratch):
     assert f"change: [dry-run] create Python venv {repo / '.venv'}" in out
     assert any(line.endswith(f"-m venv {repo / '.venv'}") for line in commands)
     assert any(line.endswith(f"-m pip install -e {repo}") for line in commands)
-    assert commands[-1].endswith("/bin/dsocr selftest")
+    assert commands[-1].endswith("/bin/dsocr doctor")
+    assert "selftest' proves the CPU path" in out
     # The order matters: torch from its index first, so `pip install -e .` does not pull another.
     torch_at = next(i for i, line in enumerate(commands) if "--index-url" in line)
     dsocr_at = next(i for i, line in enumerate(commands) if line.endswith(f"install -e {repo}"))
@@ -185,6 +186,52 @@ def test_dry_run_reuses_an_existing_conda_env(scratch):
     assert "env create" not in result.stdout
     assert "Miniconda" not in result.stdout.replace("Miniconda goes to", "")
     assert f"{env_dir}/bin/python -m pip install torch torchvision --index-url {TORCH_INDEX}/cpu" in result.stdout
+
+
+def installed_env(scratch, torch: bool = True) -> Path:
+    """A --venv environment install.sh finds complete: its python and dsocr run this test
+    environment's (which has dsocr from this repository), and refuse any pip install or uninstall."""
+    repo, _, _ = scratch
+    (repo / "src").symlink_to(ROOT / "src")
+    bin_dir = repo / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    no_torch = '  *"import torch"*) exit 1 ;;\n' if not torch else ""
+    guard = f"""case "$*" in
+  *"pip install"* | *"pip uninstall"*) echo "test stub refused: $*" >&2; exit 97 ;;
+{no_torch}esac
+"""
+    write_stub(bin_dir, "python", guard + f'exec {sys.executable} "$@"\n')
+    write_stub(bin_dir, "dsocr", f'exec {sys.executable} -m dsocr_cli "$@"\n')
+    return bin_dir
+
+
+def test_install_that_worked_exits_0_and_says_what_doctor_found(scratch):
+    """On a machine without a usable GPU doctor exits 4; the install still works (the selftest
+    proves the CPU path), so install.sh exits 0 and reports doctor's verdict."""
+    installed_env(scratch)
+    result = run_install(scratch, "--venv", "--cpu", "--yes", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "test stub refused" not in result.stderr
+    assert not [line for line in result.stdout.splitlines() if line.startswith("change:")], result.stdout
+    verdict = [line for line in result.stdout.splitlines() if line.startswith("dsocr-install: doctor: ")]
+    assert len(verdict) == 1, result.stdout
+    assert re.search(r"^verdict +", result.stdout, re.MULTILINE), "doctor's own report is shown"
+    if "(exit 4)" in result.stdout:  # no GPU here: the CPU path was proven instead
+        assert "/bin/dsocr selftest" in result.stdout and "on the CPU" in verdict[0]
+
+
+def test_unreachable_torch_index_is_found_at_once(scratch):
+    """pip would retry an unreachable index for minutes; install.sh checks it first and names the flag."""
+    installed_env(scratch, torch=False)
+    index = "http://127.0.0.1:9/whl/cpu"  # nothing listens on the discard port: refused at once
+    result = run_install(scratch, "--venv", "--yes", "--torch-index", index)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "test stub refused" not in result.stderr, "pip was started on the unreachable index"
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert f"cannot reach the PyTorch wheel index {index}" in errors[0]
+    assert re.search(r"--torch-index \S+$", errors[0]), errors[0]
+    assert "pip install torch" not in result.stdout
 
 
 @pytest.mark.parametrize(

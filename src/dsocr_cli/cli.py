@@ -27,6 +27,7 @@ from dsocr_cli.options import (
     TaskOptions,
     parse_pages,
     settings_record,
+    with_engine,
 )
 
 log = logging.getLogger("dsocr")
@@ -78,6 +79,9 @@ Searchable = Annotated[
     bool, typer.Option("--searchable-pdf", help="Also write searchable.pdf: the input with an invisible text layer.")
 ]
 LayoutPdf = Annotated[bool, typer.Option("--layout-pdf", help="Also write layout.pdf: the annotated pages.")]
+Report = Annotated[
+    bool, typer.Option("--report/--no-report", help="Write OUT/report.html: every input, each page beside its text.")
+]
 FigureDpi = Annotated[float, typer.Option("--figure-dpi", min=72, max=1200, help="DPI of PDF figure crops.")]
 Workers = Annotated[
     str,
@@ -129,6 +133,7 @@ def build_options(f: dict) -> Options:
             searchable_pdf=f["searchable_pdf"],
             layout_pdf=f["layout_pdf"],
             figure_dpi=f["figure_dpi"],
+            report=f["report"],
         ),
     )
 
@@ -178,6 +183,8 @@ def program(
         events.model_loading(options.engine.model)
         engine = start_engine(options.engine, events)
         try:
+            if options.engine.engine == "auto":
+                options = with_engine(options, engine.name)  # recorded as the engine it chose
             return _run_pipeline(env, options, engine, output, events, sources, rejected, json_summary)
         finally:
             if hasattr(engine, "close"):
@@ -188,10 +195,12 @@ def program(
 
 def _run_pipeline(env, options, engine, output, events, sources, rejected, json_summary) -> ExitCode:
     from dsocr_cli.pipeline import Pipeline, exit_code
+    from dsocr_cli.render import page_count
     from dsocr_cli.writers.summary import summary_record
 
     pipeline = Pipeline(options, engine, output, events)
-    events.run_started(len(sources))
+    counts = {s: page_count(s, options.render) for s in sources} if events.counts_pages else None
+    events.run_started(len(sources), counts)
     try:
         summary = pipeline.run(sources)
     except KeyboardInterrupt:
@@ -273,6 +282,7 @@ def _ocr_command(name: str, want, help_text: str):
         searchable_pdf: Searchable = False,
         layout_pdf: LayoutPdf = False,
         figure_dpi: FigureDpi = 300.0,
+        report: Report = True,
         json_summary: Json = False,
         quiet: Quiet = False,
         verbose: Verbose = False,
@@ -313,6 +323,19 @@ def doctor(
     from dsocr_cli.doctor import run_doctor
 
     _execute(verbose, False, lambda env: ExitCode(run_doctor(env.data, json_output)))
+
+
+@app.command(epilog=EXIT_CODES)
+def report(
+    out: Annotated[Path, typer.Argument(help="An output folder written with -o (or several merged).")],
+    wait: Wait = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Rebuild OUT/report.html and every document's page view from the output tree alone."""
+    from dsocr_cli.writers.report import rebuild_report
+
+    _execute(verbose, quiet, lambda env: rebuild_report(out, wait))
 
 
 @app.command()

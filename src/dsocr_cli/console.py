@@ -4,10 +4,14 @@ errors only with --quiet. The one module that imports rich.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TextIO
 
 from rich.console import Console
@@ -23,7 +27,7 @@ from rich.progress import (
 
 from dsocr_cli.discover import Rejected
 from dsocr_cli.errors import show_path
-from dsocr_cli.types import DocumentResult, Prediction, Source
+from dsocr_cli.types import DocumentResult, PageImage, Source
 
 log = logging.getLogger("dsocr")
 
@@ -46,21 +50,38 @@ class Environment:
         os.dup2(2, 1)
         return cls(data=data, err=sys.stderr, stdin=sys.stdin, err_is_tty=sys.stderr.isatty())
 
+    @cached_property
+    def console(self) -> Console:
+        """The one rich console on stderr. Log lines and the progress bar share it, so a line
+        logged while the bar is live is printed above the bar, never into it."""
+        return Console(file=self.err)
+
 
 def setup_logging(env: Environment, verbose: bool, quiet: bool) -> None:
+    """One handler, on the root logger, prints every line: dsocr's and the libraries' alike."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     if env.err_is_tty:
-        handler: logging.Handler = RichHandler(console=Console(file=env.err), show_path=False, show_time=False)
+        handler: logging.Handler = RichHandler(console=env.console, show_path=False, show_time=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(env.err)
-        handler.setFormatter(logging.Formatter("dsocr: %(message)s"))
+        handler.setFormatter(OriginFormatter("%(origin)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     log.setLevel(level)
     logging.getLogger("dsocr_cli").setLevel(level)
     _quiet_libraries(verbose, quiet or not env.err_is_tty)
+    _route_library_logs()
+
+
+class OriginFormatter(logging.Formatter):
+    """Names where a plain log line comes from: `dsocr:` for dsocr's own, the library's name otherwise."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        top = record.name.split(".")[0]
+        record.origin = "dsocr" if top in ("dsocr", "dsocr_cli", "root") else top
+        return super().format(record)
 
 
 def _quiet_libraries(verbose: bool, no_bars: bool) -> None:
@@ -76,31 +97,55 @@ def _quiet_libraries(verbose: bool, no_bars: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
+LIBRARY_LOGGERS = ("transformers", "huggingface_hub")
+
+
+def _route_library_logs() -> None:
+    """transformers and huggingface_hub give their loggers their own stderr handler (transformers
+    also stops propagation): a line then came out twice, or was written into the live progress bar.
+    Their records go to the root handler alone."""
+    with contextlib.suppress(ImportError):
+        import huggingface_hub.utils.logging  # noqa: F401  (adds its handler on import: import it first)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
 class ConsoleEvents:
-    """Events -> stderr. A progress bar on a terminal, one line per document otherwise."""
+    """Events -> stderr. On a terminal, a progress bar counting pages (the total read up front,
+    documents alongside); one line per document otherwise."""
 
     def __init__(self, env: Environment, quiet: bool = False):
-        self.quiet = quiet
         self.bar = None
-        self.pages = 0
-        self.workers: dict[int, object] = {}  # worker slot -> its line in the progress display
+        self.expected: dict[Source, int] = {}  # pages each document should yield (0: unknown)
+        self.counted: dict[Source, int] = {}  # pages back from the engine, per document
+        self.finished: set[Source] = set()
+        self._started: float | None = None
+        self.workers: dict[int, dict] = {}  # worker slot -> its latest state
         if env.err_is_tty and not quiet:
             self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("[bold]OCR"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"),
+                TextColumn("pages · {task.fields[docs]}/{task.fields[documents]} docs · {task.fields[rate]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=Console(file=env.err),
-                transient=False,
+                console=env.console,  # the log handler's console too: log lines go above the bar
+                speed_estimate_period=600,  # pages come in batches minutes apart; keep the ETA steady
             )
 
-    def run_started(self, documents: int) -> None:
+    @property
+    def counts_pages(self) -> bool:
+        """Whether run_started wants page counts (reading them costs an open of every input)."""
+        return self.bar is not None
+
+    def run_started(self, documents: int, pages: Mapping[Source, int] | None = None) -> None:
+        self.expected = dict(pages or {})
         if self.bar:
             self.bar.start()
-            self.task = self.bar.add_task("OCR", total=documents, detail="docs · 0 pages")
-        self._started = None
+            total = sum(self.expected.values())
+            self.task = self.bar.add_task("OCR", total=total, docs=0, documents=documents, rate="")
 
     def rejected(self, item: Rejected) -> None:
         if item.skipped:
@@ -112,55 +157,47 @@ class ConsoleEvents:
         log.info("loading model %s", name)
 
     def document_started(self, source: Source) -> None:
-        import time
-
         if self._started is None:
             self._started = time.perf_counter()
         if not self.bar:
             log.debug("started %s", show_path(source.path))
 
-    def pages_done(self, predictions: list[Prediction]) -> None:
-        import time
-
-        self.pages += len(predictions)
+    def pages_done(self, pages: Sequence[PageImage]) -> None:
+        fresh = [page for page in pages if page.source not in self.finished]
+        for page in fresh:
+            self.counted[page.source] = self.counted.get(page.source, 0) + 1
         if self.bar:
+            grown = sum(1 for page in fresh if self.counted[page.source] > self.expected.get(page.source, 0))
+            total = self.bar.tasks[0].total or 0
             elapsed = time.perf_counter() - (self._started or time.perf_counter())
-            rate = f"{self.pages / elapsed:.2f} pages/s" if elapsed > 0 else ""
-            self.bar.update(self.task, detail=f"docs · {self.pages} pages · {rate}")
+            done = sum(self.counted.values())
+            rate = f"{done / elapsed:.2f} pages/s" if elapsed > 0 else ""
+            self.bar.update(self.task, advance=len(fresh), total=total + grown, rate=rate)
 
     def document_finished(self, result: DocumentResult) -> None:
-        if self.bar:
-            self.bar.advance(self.task)
+        source = result.source
+        if self.bar and source not in self.finished:
+            # The document's share of the total becomes the pages that really came back: a skipped
+            # document gives back all of its pages, a failed one those it will never yield.
+            counted = self.counted.get(source, 0)
+            unused = max(self.expected.get(source, 0), counted) - counted
+            total = self.bar.tasks[0].total or 0
+            docs = self.bar.tasks[0].fields["docs"] + 1
+            self.bar.update(self.task, total=total - unused, docs=docs)
+        self.finished.add(source)
         if result.status == "failed":
-            log.error("%s", result.message or f"{show_path(result.source.path)}: failed")
+            log.error("%s", result.message or f"{show_path(source.path)}: failed")
         elif result.status == "done":
             unfinished = sum(1 for p in result.pages if p.prediction.finish != "eos")
             note = f", {unfinished} page(s) cut short (length/repetition)" if unfinished else ""
-            log.info(
-                "done %s: %d page(s) in %.1f s%s",
-                show_path(result.source.path),
-                len(result.pages),
-                result.seconds,
-                note,
-            )
+            log.info("done %s: %d page(s) in %.1f s%s", show_path(source.path), len(result.pages), result.seconds, note)
         else:
-            log.info("skipped %s: %s", show_path(result.source.path), result.message or "already done")
+            log.info("skipped %s: %s", show_path(source.path), result.message or "already done")
 
     def workers_changed(self, workers: list[dict]) -> None:
-        """One line per worker under the bar: where it runs, its pages, tok/s and restarts."""
-        if not self.bar:
-            return
-        for worker in workers:
-            where = f"worker {worker['worker']} {worker.get('device', '?')}@{worker.get('host', '?')}"
-            detail = (
-                f"{worker['pages']} pages · {worker['tokens_per_second']:.0f} tok/s · "
-                f"{worker['restarts']} restarts · {worker['state']}"
-            )
-            task = self.workers.get(worker["worker"])
-            if task is None:
-                self.workers[worker["worker"]] = self.bar.add_task(where, total=None, detail=detail)
-            else:
-                self.bar.update(task, description=where, detail=detail)
+        """The latest state of each worker (device, host, pages, tok/s, restarts); the log says
+        when one dies or starts again, and summary.json keeps the final state."""
+        self.workers = {worker["worker"]: worker for worker in workers}
 
     def run_finished(self) -> None:
         if self.bar:

@@ -177,7 +177,7 @@ def safe_key(relative: str) -> str:
     return "/".join(parts) or "_"
 
 
-RESERVED_KEYS = {"summary.json"}  # names dsocr writes at the top of OUT
+RESERVED_KEYS = {"summary.json", "report.html"}  # names dsocr writes at the top of OUT
 
 
 def _with_unique_keys(found: list[tuple[Path, str, SourceKind]]) -> list[Source]:

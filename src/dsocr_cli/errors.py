@@ -32,7 +32,10 @@ class DsocrError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        return f"{self.message}. {self.hint}" if self.hint else self.message
+        """Message and hint as one line; a message that already ends a sentence gets no second full stop."""
+        if not self.hint:
+            return self.message
+        return f"{self.message}{' ' if self.message.endswith(('.', '!', '?')) else '. '}{self.hint}"
 
 
 class UsageError(DsocrError):

@@ -5,25 +5,33 @@ main process) reports its workers' state there. `NoEvents` is the silent default
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from dsocr_cli.discover import Rejected
-from dsocr_cli.types import DocumentResult, Prediction, Source
+from dsocr_cli.types import DocumentResult, PageImage, Source
 
 
 class Events(Protocol):
-    def run_started(self, documents: int) -> None: ...
+    """`run_started` gets the page count of each document where known (`counts_pages` says whether
+    it wants them: reading them opens every input); `pages_done` gets the pages back from the engine."""
+
+    counts_pages: bool
+
+    def run_started(self, documents: int, pages: Mapping[Source, int] | None = None) -> None: ...
     def rejected(self, item: Rejected) -> None: ...
     def model_loading(self, name: str) -> None: ...
     def document_started(self, source: Source) -> None: ...
-    def pages_done(self, predictions: list[Prediction]) -> None: ...
+    def pages_done(self, pages: Sequence[PageImage]) -> None: ...
     def document_finished(self, result: DocumentResult) -> None: ...
     def workers_changed(self, workers: list[dict]) -> None: ...
     def run_finished(self) -> None: ...
 
 
 class NoEvents:
-    def run_started(self, documents: int) -> None:
+    counts_pages = False
+
+    def run_started(self, documents: int, pages: Mapping[Source, int] | None = None) -> None:
         pass
 
     def rejected(self, item: Rejected) -> None:
@@ -35,7 +43,7 @@ class NoEvents:
     def document_started(self, source: Source) -> None:
         pass
 
-    def pages_done(self, predictions: list[Prediction]) -> None:
+    def pages_done(self, pages: Sequence[PageImage]) -> None:
         pass
 
     def document_finished(self, result: DocumentResult) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dsocr_cli.errors import UsageError
@@ -75,6 +75,7 @@ class RenderOptions:
     password: str | None = None
     max_pixels: int = 40_000_000  # a page larger than this at the asked DPI is rendered smaller
     timeout: float = 120.0  # seconds a page may take to render before its document fails
+    workers: int | None = None  # render processes, one document each; None: from the cores (schedule.default_workers)
 
     def wants(self, number: int) -> bool:
         if self.pages is None:
@@ -122,6 +123,7 @@ class OutputOptions:
     searchable_pdf: bool = False  # OUT/<key>/searchable.pdf: the input with an invisible text layer
     layout_pdf: bool = False  # OUT/<key>/layout.pdf: the annotated pages in one PDF
     figure_dpi: float = 300.0  # PDF figures are re-rendered at this DPI for their crops
+    report: bool = True  # OUT/report.html and each document's page view (with plain page images)
 
     @property
     def to_stdout(self) -> bool:
@@ -134,6 +136,12 @@ class Options:
     engine: EngineOptions = field(default_factory=EngineOptions)
     task: TaskOptions = field(default_factory=TaskOptions)
     output: OutputOptions = field(default_factory=OutputOptions)
+
+
+def with_engine(options: Options, name: str) -> Options:
+    """The options with `--engine auto` replaced by the engine it resolved to: records then say what
+    ran, and a rerun compares like with like (auto -> hf finds documents done by hf, and the reverse)."""
+    return replace(options, engine=replace(options.engine, engine=name))
 
 
 def settings_record(options: Options) -> dict:

@@ -114,7 +114,7 @@ class Pipeline:
                 self._batches(pages)
                 self._fail_open("engine", f"pages lost when decoding failed ({_one_line(exc)})")
                 return
-            self.events.pages_done([prediction] if isinstance(prediction, Prediction) else [])
+            self.events.pages_done([page] if isinstance(prediction, Prediction) else [])
             predicted = [(page, prediction)]
             self._handle(
                 predicted
@@ -130,7 +130,8 @@ class Pipeline:
 
     def _pages(self, sources: Sequence[Source], on_failed=None):
         """The pages of open documents, acting on each document's start, end and failure on the way."""
-        for item in page_stream(self._to_do(sources), self.options.render):
+        render = self.options.render
+        for item in page_stream(self._to_do(sources), render, prepare=self._preparer(), workers=render.workers):
             if isinstance(item, PageImage):
                 if item.source in self.open:
                     yield item
@@ -142,6 +143,12 @@ class Pipeline:
                 if on_failed:
                     on_failed(item.source)
                 self._fail(item.source, item.error.reason, item.error.one_line())
+
+    def _preparer(self):
+        """The engine's preprocessing, where it asks for it to run in the render workers."""
+        if getattr(self.engine, "prepare_in_renderer", False):
+            return self.engine.preparer(self.options.task.text)
+        return None
 
     def _to_do(self, sources: Sequence[Source]):
         """Sources not already done with the same input and settings (resume); the rest are skipped."""
@@ -171,7 +178,7 @@ class Pipeline:
     def _process(self, batch: list[PageImage]) -> None:
         prompt = self.options.task.text
         predicted = self._retry_unfinished(self._predict(batch, prompt), prompt)
-        self.events.pages_done([p for _, p in predicted if isinstance(p, Prediction)])
+        self.events.pages_done([page for page, p in predicted if isinstance(p, Prediction)])
         self._handle(predicted)
 
     def _handle(self, predicted: list[tuple[PageImage, Prediction | Exception]]) -> None:
@@ -194,7 +201,7 @@ class Pipeline:
                 self._fail(page.source, "output", f"{where}: cannot write its output ({_one_line(exc)})")
                 continue
             # Keep the page's record but not its pixels: long documents must not pile up images.
-            doc.pages.append(PageResult(dataclasses.replace(page, image=None), prediction, parsed))
+            doc.pages.append(PageResult(dataclasses.replace(page, image=None, inputs=None), prediction, parsed))
             self._maybe_commit(doc)
 
     def _retry_unfinished(self, predicted: list, prompt: str) -> list:

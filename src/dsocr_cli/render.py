@@ -27,6 +27,32 @@ def render(source: Source, options: RenderOptions) -> Iterator[PageImage]:
         yield from _render_image(source, options)
 
 
+def page_count(source: Source, options: RenderOptions) -> int:
+    """How many pages `render` will yield, from the PDF's page tree or the TIFF's frame count,
+    nothing rendered: the progress bar's total. 0 when the file cannot be opened (rendering says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            total = _pdf_page_count(source, options) if source.kind == "pdf" else _frame_count(source)
+    except Exception:  # a broken input fails at rendering, with the cause
+        return 0
+    return sum(1 for number in range(1, total + 1) if options.wants(number))
+
+
+def _pdf_page_count(source: Source, options: RenderOptions) -> int:
+    import pymupdf
+
+    with pymupdf.open(source.path, filetype="pdf") as doc:
+        if doc.needs_pass and not (options.password and doc.authenticate(options.password)):
+            return 0
+        return doc.page_count
+
+
+def _frame_count(source: Source) -> int:
+    with Image.open(source.path) as image:
+        return getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+
+
 def _render_pdf(source: Source, options: RenderOptions) -> Iterator[PageImage]:
     import pymupdf
 
@@ -75,7 +101,7 @@ def render_region(
         if doc.needs_pass:
             doc.authenticate(password or "")
         page = doc.load_page(index)
-        clip = pymupdf.Rect(rect_pt) * page.derotation_matrix
+        clip = pymupdf.Rect(rect_pt)  # get_pixmap clips in displayed coordinates, as the model saw the page
         zoom = dpi / 72.0
         pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), clip=clip, alpha=False, colorspace=pymupdf.csRGB)
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)

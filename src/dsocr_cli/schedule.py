@@ -1,15 +1,23 @@
-"""Pages -> batches. Pages are rendered in a worker process, ahead of the engine, and pages from
-many documents share a batch, so a 500-page PDF and 500 single photos keep the engine equally
-busy. A page that hangs or crashes the renderer costs its document, never the run.
+"""Pages -> batches. Pages are rendered, and prepared for the model when the engine asks, in a pool
+of worker processes ahead of the engine, several documents at once; pages from many documents share
+a batch, so a 500-page PDF and 500 single photos keep the engine equally busy. A page that hangs or
+crashes its renderer costs its document, never the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
 import queue
 import signal
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 
 from dsocr_cli.errors import InputError, show_path
 from dsocr_cli.options import RenderOptions
@@ -40,88 +48,228 @@ Item = Started | PageImage | Rendered | Failed
 
 
 RenderFn = Callable[[Source, RenderOptions], Iterable[PageImage]]
+Prepare = Callable[[PageImage], PageImage]
 
 
 def page_stream(
-    sources: Iterable[Source], options: RenderOptions, render_fn: RenderFn = render, prefetch: int = 32
+    sources: Iterable[Source],
+    options: RenderOptions,
+    render_fn: RenderFn = render,
+    prefetch: int = 32,
+    prepare: Prepare | None = None,
+    workers: int | None = None,
 ) -> Iterator[Item]:
-    """Each document's pages framed by Started and Rendered (or Failed, after which none follow)."""
-    worker: RenderWorker | None = None
+    """Each document's pages, in page order, framed by Started and Rendered (or Failed, after which
+    none follow). Documents render side by side, one per worker, so items of different documents
+    interleave; Started comes in the order of `sources`, before that document's rendering begins.
+    `prepare` runs in the worker on every page (the engine's preprocessing); about `prefetch` pages
+    wait ready in all."""
+    pool = RenderPool(options, render_fn, prepare, workers or default_workers(), prefetch)
     try:
-        for source in sources:
-            yield Started(source)
-            worker = worker or RenderWorker(options, render_fn, prefetch)
-            outcome = yield from worker.document(source)
-            if isinstance(outcome, Failed) and not worker.alive:
-                worker = None
-            yield outcome
+        yield from pool.stream(iter(sources))
     finally:
-        if worker is not None:
-            worker.stop()
+        pool.close()
+
+
+def default_workers() -> int:
+    """One core stays with the main process, which feeds the engine; more than 8 renderers rarely pay."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores - 1, 8))
+
+
+class RenderPool:
+    """Up to `size` workers, each on one document at a time; a worker that dies is replaced when
+    the next document needs one."""
+
+    def __init__(self, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None, size: int, prefetch: int):
+        self.size = max(1, size)
+        self.start = (options, render_fn, prepare, max(1, prefetch // self.size))
+        self.workers: list[RenderWorker] = []
+
+    def stream(self, sources: Iterator[Source]) -> Iterator[Item]:
+        while True:
+            yield from self._dispatch(sources)
+            busy = {w.conn: w for w in self.workers if w.source is not None}
+            if not busy:
+                return
+            for conn in multiprocessing.connection.wait(list(busy)):  # a worker's death reads as EOF
+                yield busy[conn].receive()
+
+    def _dispatch(self, sources: Iterator[Source]) -> Iterator[Started]:
+        """Each idle worker, spawned as needed up to `size`, gets the next document. Started is
+        yielded first, so the consumer acts on it (takes the input's fingerprint) before rendering."""
+        while len(self.workers) < self.size or any(w.source is None for w in self.workers):
+            source = next(sources, None)
+            if source is None:
+                return
+            yield Started(source)
+            self._idle().begin(source)
+
+    def _idle(self) -> RenderWorker:
+        # A dead worker goes once its document has its outcome (one that died on a document keeps
+        # it until its loss is read, after the pages it sent before dying).
+        self.workers = [w for w in self.workers if w.source is not None or w.alive]
+        idle = next((w for w in self.workers if w.source is None), None)
+        if idle is None:
+            idle = RenderWorker(*self.start)
+            self.workers.append(idle)
+        return idle
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+        for worker in self.workers:
+            worker.join()
+        self.workers.clear()
 
 
 class RenderWorker:
-    """A spawned process that renders one document at a time into a bounded queue."""
+    """A spawned process that renders (and prepares) the documents sent to it, one at a time, up to
+    `ahead` pages ahead of the parent. A page that takes longer than the timeout ends the process
+    (SIGALRM), which the parent reports as a stall; any other death as a crash."""
 
-    def __init__(self, options: RenderOptions, render_fn: RenderFn, prefetch: int):
+    def __init__(self, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None, ahead: int):
         context = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA and threads
-        self.jobs = context.Queue()
-        self.pages = context.Queue(maxsize=max(2, prefetch))
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, options, render_fn, prepare, ahead), daemon=True)
+        # Started with SIGINT blocked (it inherits that), so a Ctrl-C during its start-up cannot
+        # reach it before it ignores SIGINT itself.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        child.close()  # the parent keeps no copy of the worker's end: the worker's death reads as EOF
         self.timeout = options.timeout
-        self.process = context.Process(
-            target=_render_loop, args=(self.jobs, self.pages, options, render_fn), daemon=True
-        )
-        self.process.start()
+        self.source: Source | None = None
+        self.pages = 0
 
     @property
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def document(self, source: Source) -> Iterator[PageImage]:
-        """Yield the document's pages; return its Rendered or Failed outcome."""
-        self.jobs.put(source)
-        count, waited = 0, 0.0
-        while True:
-            try:
-                message = self.pages.get(timeout=1.0)
-            except queue.Empty:
-                waited += 1.0
-                if not self.alive:
-                    return Failed(source, InputError(f"{show_path(source.path)}: the renderer crashed", "render-crash"))
-                if waited >= self.timeout:
-                    self.stop()
-                    why = f"rendering stalled for over {self.timeout:.0f} s (page {count + 1})"
-                    return Failed(source, InputError(f"{show_path(source.path)}: {why}", "render-timeout"))
-                continue
-            waited = 0.0
-            kind, payload = message
-            if kind == "page":
-                count += 1
-                yield payload
-            elif kind == "done":
-                return Rendered(source, count)
-            else:
-                text, reason, hint = payload
-                return Failed(source, InputError(text, reason, hint))
+    def begin(self, source: Source) -> None:
+        self.source, self.pages = source, 0
+        with contextlib.suppress(OSError):  # it died this instant: receive() reads the EOF and reports the loss
+            self.conn.send(source)
 
-    def stop(self) -> None:
+    def receive(self) -> Item:
+        """The current document's next page, or its outcome: done, failed, or lost with the worker."""
+        source = self.source
+        try:
+            kind, payload = pickle.loads(self.conn.recv_bytes())
+        except Exception as exc:  # EOF: the worker died; or a page that cannot be rebuilt here
+            return self._lost(source, exc)
+        if kind == "page":
+            self.pages += 1
+            return payload
+        self.source = None
+        if kind == "done":
+            return Rendered(source, self.pages)
+        return Failed(source, InputError(*payload))
+
+    def _lost(self, source: Source, exc: Exception) -> Failed:
+        self.source = None
+        self.process.join(timeout=1)  # after an EOF it is on its way out
+        crashed = not self.alive
+        self.kill()  # alive: its page cannot be rebuilt here, and its state is unknown
+        self.join()
+        name = show_path(source.path)
+        if self.process.exitcode == -signal.SIGALRM:
+            why = f"rendering stalled for over {self.timeout:.0f} s (page {self.pages + 1})"
+            return Failed(source, InputError(f"{name}: {why}", "render-timeout"))
+        if crashed:
+            return Failed(source, InputError(f"{name}: the renderer crashed", "render-crash"))
+        why = f"page {self.pages + 1} could not be received from the renderer ({_first_line(exc)})"
+        return Failed(source, InputError(f"{name}: {why}", "render-crash"))
+
+    def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
+
+    def join(self) -> None:
         self.process.join(timeout=5)
+        self.conn.close()
 
 
-def _render_loop(jobs, pages, options: RenderOptions, render_fn: RenderFn) -> None:
-    """The worker: render each source sent, page by page; errors travel back as plain tuples."""
+def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None, ahead: int) -> None:
+    """The worker: each source received becomes messages for the parent, sent by a second thread
+    so rendering goes on while the parent is busy. The parent's end closing ends the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    while (source := jobs.get()) is not None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    outbox: queue.Queue = queue.Queue(maxsize=ahead)
+    threading.Thread(target=_send_all, args=(conn, outbox), daemon=True).start()
+    while True:
         try:
-            for page in render_fn(source, options):
-                pages.put(("page", page))
-            pages.put(("done", None))
-        except InputError as exc:
-            pages.put(("failed", (exc.message, exc.reason, exc.hint)))
-        except Exception as exc:  # a renderer bug must not look like a hang
-            pages.put(("failed", (f"{show_path(source.path)}: cannot be rendered ({exc})", "corrupt", None)))
+            source = conn.recv()
+        except (EOFError, OSError):
+            return
+        messages = _messages(source, options, render_fn, prepare)
+        while True:
+            signal.setitimer(signal.ITIMER_REAL, options.timeout)  # SIGALRM's default action ends a stalled page
+            message = next(messages, None)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            if message is None:
+                break
+            outbox.put(message)
+
+
+def _send_all(conn, outbox: queue.Queue) -> None:
+    try:
+        while True:
+            conn.send_bytes(outbox.get())
+    except OSError:  # the parent is gone: nobody wants these pages
+        os._exit(0)
+
+
+def _messages(source: Source, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None) -> Iterator:
+    """One document as pickled messages: each page, prepared when asked, then done; or failed,
+    after which none follow. Errors travel as plain tuples."""
+    try:
+        for page in render_fn(source, options):
+            yield _page_message(page, prepare)
+        yield _dumps(("done", None))
+    except InputError as exc:
+        yield _dumps(("failed", (exc.message, exc.reason, exc.hint)))
+    except Exception as exc:  # a renderer bug must not look like a hang
+        why = f"{show_path(source.path)}: cannot be rendered ({_first_line(exc)})"
+        yield _dumps(("failed", (why, "corrupt", None)))
+
+
+def _page_message(page: PageImage, prepare: Prepare | None):
+    try:
+        return _dumps(("page", prepare(page) if prepare else page))
+    except Exception as exc:
+        where = f"{show_path(page.source.path)}: page {page.number}"
+        raise InputError(f"{where} cannot be prepared for the model ({_first_line(exc)})", "prepare") from None
+
+
+def _dumps(message: tuple):
+    """Pickled for the parent. A page's tensors travel through shared memory (torch's reductions)
+    while /dev/shm has room for them twice over, and are copied through the pipe otherwise: with a
+    small /dev/shm (Docker's 64 MB) torch would fail part way and leave empty segments behind."""
+    torch = sys.modules.get("torch")
+    size = sum(getattr(value, "nbytes", 0) for value in (getattr(message[1], "inputs", None) or {}).values())
+    if torch is not None and size and _shared_memory_free() >= 2 * size:
+        # Named segments: the parent opens them itself. With the default (file descriptors) it would
+        # have to fetch each one from this worker, and wait whenever rendering holds the GIL here.
+        torch.multiprocessing.set_sharing_strategy("file_system")
+        with contextlib.suppress(RuntimeError):  # "unable to allocate shared memory": others took the room
+            return ForkingPickler.dumps(message)
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _shared_memory_free() -> int:
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:  # no /dev/shm to measure (macOS): let torch try
+        return sys.maxsize
+    return stat.f_bavail * stat.f_frsize
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 class Batcher:

@@ -33,7 +33,8 @@ class PageImage:
     image: Image.Image = field(repr=False, compare=False)
     dpi: float | None = None
     scale: float = 1.0
-    inputs: dict | None = field(default=None, repr=False, compare=False)  # model inputs made by a render worker
+    # The model's inputs for this page (tensors by name) when the engine's preprocessing ran in the renderer.
+    inputs: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def number(self) -> int:

@@ -15,10 +15,10 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from dsocr_cli.engines.device import device_stats, resolve_device, resolve_dtype
+from dsocr_cli.engines.inputs import Preprocess, prepared
 from dsocr_cli.engines.ngram import WindowedNoRepeatNGram, looks_looped
 from dsocr_cli.errors import SetupError, UsageError
 from dsocr_cli.options import TASK_PROMPTS, EngineOptions
@@ -35,6 +35,7 @@ PREFILL_TOKENS = 4608  # prompt tokens per prefill forward on CUDA: about four t
 KV_SHARE, KV_MAX_BYTES = 0.4, 20 * 2**30  # the cache's share of free GPU memory, and its cap
 TYPICAL_TOKENS = 1600  # a tiled page's prompt plus a typical page of output, for sizing the lanes
 MAX_LANES = 256
+PREPARE_THREADS = 6  # threads making page inputs ahead of the decoder on CUDA
 TEXT_ROOM = 256  # prompt text tokens the decoder is built for; a longer custom prompt rebuilds it
 
 
@@ -62,18 +63,22 @@ class HFEngine:
         self.decoder = None  # the continuous-batching decoder, built on first use
         self.continuous = options.decoder == "slots"
         self.retries_inside = self.continuous  # the decoder retries loops itself, without blocking
+        self.prepare_in_renderer = False  # page inputs are made by threads here (see `prepared`)
 
     def stream(self, pages: Iterable[PageImage], prompt: str) -> Iterator[tuple[PageImage, Prediction | Exception]]:
         """Continuous batching: pages are prefilled in small groups into free lanes and come back
         as soon as each one ends, in the order they finish; retries happen inside the decoder."""
         decoder = self.decoder_for(prompt)
         forget = functools.partial(dataclasses.replace, inputs=None)  # a retry remakes them; 25+ MB a page
-        run = decoder.run(pages, lambda group: self._prefill(group, prompt), self._measure, forget)
+        ready, failed = prepared(self.preparer(prompt), pages, PREPARE_THREADS if self.device == "cuda" else 1)
+        run = decoder.run(ready, lambda group: self._prefill(group, prompt), self._measure, forget)
         for done in run:
+            yield from failed()
             if done.finish == "error":
                 yield done.item, done.ids
             else:
                 yield done.item, self._prediction(done.ids, done.seconds, done.finish, done.attempts)
+        yield from failed()
 
     def decoder_for(self, prompt: str):
         """The paged decoder, built (and its CUDA graphs captured) once; rebuilt only for a prompt
@@ -252,6 +257,7 @@ class HFEngine:
         return [WindowedNoRepeatNGram(n, window, prompt_length, self.exempt_ids)]
 
     def stats(self) -> dict:
+        """Device, dtype and memory, for summary.json."""
         return device_stats(self.name, self.device, self.dtype)
 
     def _prediction(self, row: list[int], seconds: float, finish: str | None = None, attempts: int = 1) -> Prediction:
@@ -266,39 +272,6 @@ class HFEngine:
         for token in self.strip_tokens:
             text = text.replace(token, "")
         return Prediction(text=text, tokens=len(ids), finish=finish, seconds=seconds, attempts=attempts)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """A page's model inputs, made where the page is rendered (a render worker): the processor's
-    resize, tiling and normalisation cost 50-300 ms of CPU per page, which on the main process
-    would stall the GPU. Picklable; loads the processor once per process."""
-
-    model: str
-    revision: str | None
-    prompt: str
-    image_kwargs: dict
-    dtype: str
-
-    def __call__(self, page: PageImage) -> PageImage:
-        import torch
-
-        processor = _processor(self.model, self.revision)
-        inputs = processor(images=[page.image], text=[self.prompt], return_tensors="pt", **self.image_kwargs)
-        dtype = getattr(torch, self.dtype.replace("torch.", ""))
-        for key in ("pixel_values", "pixel_values_local"):
-            if key in inputs:
-                inputs[key] = inputs[key].to(dtype)
-        return dataclasses.replace(page, inputs=dict(inputs))
-
-
-@functools.lru_cache(maxsize=2)
-def _processor(model: str, revision: str | None):
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(model, revision=revision)
-    processor.tokenizer.padding_side = "left"
-    return processor
 
 
 def mode_kwargs(mode: str, processor) -> dict:

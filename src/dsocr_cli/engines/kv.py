@@ -45,6 +45,7 @@ class PagedKV:
         self._pending: list[tuple[int, int, int]] = []  # (lane, logical block, physical block) to copy
 
     def blocks_for(self, tokens: int) -> int:
+        """Blocks that hold `tokens` positions."""
         return -(-tokens // self.block_size)
 
     def ensure(self, lane: int, tokens: int) -> bool:
@@ -97,6 +98,7 @@ class PagedKV:
 
     @property
     def used(self) -> int:
+        """Blocks held by sequences now."""
         return self.capacity - len(self.free)
 
 

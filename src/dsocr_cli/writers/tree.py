@@ -7,17 +7,24 @@ reader never sees a half-written document and a crash leaves nothing that looks 
     OUT/<key>/pages/0001.md               one page's markdown
     OUT/<key>/pages/0001.raw.md           the model's raw output, grounding tags included
     OUT/<key>/pages/0001.jpg              the page with its layout boxes drawn
+    OUT/<key>/pages/0001.plain.jpg        the page as the model saw it, under the report's box overlay
     OUT/<key>/figures/0001-01.png         figure crops, linked from the markdown
     OUT/<key>/layout.pdf                  with --layout-pdf: the annotated pages in one PDF
     OUT/<key>/searchable.pdf              with --searchable-pdf: the input with an invisible text layer
+    OUT/<key>/report.html                 the report's view of the document: pages beside their text
+    OUT/report.html                       the report's index of every input (not with --no-report)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import shutil
 import uuid
+from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from dsocr_cli.errors import SetupError, show_path
@@ -26,11 +33,15 @@ from dsocr_cli.options import OutputOptions
 from dsocr_cli.render import fingerprint
 from dsocr_cli.types import Block, Box, PageResult, Source
 from dsocr_cli.writers import document as docjson
+from dsocr_cli.writers import report
 from dsocr_cli.writers.files import replace_dir, write_bytes, write_json, write_text
-from dsocr_cli.writers.images import Painter
+from dsocr_cli.writers.images import Painter, save_image
 from dsocr_cli.writers.lock import OutputLock
 
+log = logging.getLogger(__name__)
+
 STAGING = ".dsocr-staging"
+MAX_PENDING_IMAGES = 8  # per document: bounds the page images held while they are encoded
 
 
 def prepare_out(out: Path) -> Path:
@@ -93,6 +104,7 @@ class DocumentFolder:
         source: Source,
         options: OutputOptions | None = None,
         password: str | None = None,
+        encoder: Executor | None = None,
         painter: Painter | None = None,
     ):
         self.out = out
@@ -104,12 +116,15 @@ class DocumentFolder:
         self.pages: dict[int, dict] = {}
         self.markdown: dict[int, str] = {}
         self.texts: dict[int, object] = {}  # PageText per page, for the searchable PDF
+        self.raw: dict[int, str] = {}  # raw model output by page number, for the report's view
+        self.encoder = encoder  # encodes the report's plain page images off the main thread
+        self.pending: deque[Future] = deque()
         self.painter = painter or Painter(processes=0)
-        self.painting: list = []  # the pages' image outputs being made (Futures)
+        self.painting: list = []  # the pages' annotated images and figure crops being made (Futures)
 
     def add_page(self, result: PageResult) -> None:
         """Write the page's markdown and raw output; its annotated image and figure crops are
-        made by the painter and waited for at commit."""
+        made by the painter's processes and waited for at commit."""
         page = result.page
         stem = f"{page.number:04d}"
         crops = figure_crops(result, stem)
@@ -135,6 +150,10 @@ class DocumentFolder:
             result = dataclasses.replace(result, page=dataclasses.replace(page, inputs=None))
         args = (result, self.staging, files["annotated"], painted, self.options.figure_dpi, self.password)
         self.painting.append(self.painter.submit(*args))
+        if self.options.report:
+            files["plain"] = f"pages/{stem}.plain.jpg"
+            self._save_in_background(page.image, self.staging / files["plain"])
+            self.raw[page.number] = result.prediction.text
         self.pages[page.index] = docjson.page_record(result, files, links)
         self.markdown[page.index] = markdown
         if self.options.searchable_pdf:
@@ -142,8 +161,23 @@ class DocumentFolder:
 
             self.texts[page.index] = PageText.from_result(result)
 
+    def _save_in_background(self, image, path: Path) -> None:
+        """The engine waits while the main thread writes, so an image only the report needs is
+        encoded on a worker; a few at most are in flight, and commit waits for them."""
+        if self.encoder is None:
+            save_image(image, path, "JPEG")
+            return
+        while len(self.pending) >= MAX_PENDING_IMAGES:
+            self.pending.popleft().result()
+        self.pending.append(self.encoder.submit(save_image, image, path, "JPEG"))
+
+    def _wait_for_images(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
     def commit(self, fingerprint: dict, settings: dict, seconds: float) -> list[str]:
         """Write document.md and document.json, then move the folder into place. Returns its files."""
+        self._wait_for_images()
         self.painter.wait(self.painting)
         order = sorted(self.pages)
         joined = docjson.join_pages([(i + 1, self.markdown[i]) for i in order])
@@ -151,6 +185,9 @@ class DocumentFolder:
         record = docjson.document_record(self.source, fingerprint, settings, [self.pages[i] for i in order], seconds)
         write_json(self.staging / "document.json", record)
         names = ["document.md", "document.json"] + self._pdfs(order)
+        if self.options.report:
+            report.write_document_view(self.staging, record, self.raw, self.source.key)
+            names.append(report.REPORT_NAME)
         self.staging.mkdir(parents=True, exist_ok=True)
         replace_dir(self.staging, self.final)
         return [str(self.final / name) for name in names]
@@ -179,6 +216,8 @@ class DocumentFolder:
         return names
 
     def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._wait_for_images()
         self.painter.cancel(self.painting)
         shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -192,17 +231,20 @@ class TreeOutput:
         self.password = password
         self.lock = OutputLock(self.out, wait=self.options.wait).acquire()
         clear_debris(self.out)
+        self.encoder = ThreadPoolExecutor(2, thread_name_prefix="dsocr-image") if self.options.report else None
         self.painter = Painter()
 
     def is_done(self, source: Source, settings: dict) -> bool:
         return not self.options.force and is_done(self.out.joinpath(*source.key.split("/")), source, settings)
 
     def close(self) -> None:
+        if self.encoder is not None:
+            self.encoder.shutdown(wait=True)
         self.painter.close()
         self.lock.release()
 
     def open(self, source: Source) -> DocumentFolder:
-        return DocumentFolder(self.out, source, self.options, self.password, self.painter)
+        return DocumentFolder(self.out, source, self.options, self.password, self.encoder, self.painter)
 
     def finished(self, result, sink) -> None:
         pass
@@ -211,4 +253,16 @@ class TreeOutput:
         path = self.out / "summary.json"
         write_json(path, record)
         shutil.rmtree(self.out / STAGING, ignore_errors=True)
+        if self.options.report:
+            self._write_report(record)
         return path
+
+    def _write_report(self, record: dict) -> None:
+        """The report comes last and is optional: a failure to write it is a warning, not a failed run."""
+        try:
+            _, unreadable = report.write_report(self.out, record)
+        except OSError as exc:
+            log.warning("%s: not written (%s)", show_path(self.out / report.REPORT_NAME), exc.strerror or exc)
+            return
+        for line in unreadable:
+            log.warning("%s", line)

@@ -1,0 +1,105 @@
+"""Page inputs for the native engine, made ahead of the GPU by a few threads of this process.
+
+The processor's resize, tiling and normalisation cost 50-300 ms of CPU per page; done on the
+thread that drives the GPU, they stall decoding. Threads rather than the render processes: the
+work is PIL and numpy, which release the GIL, while a tiled page's inputs (27 MB in bf16) would
+have to cross a process boundary; measured end to end on the bench GPU, shipping them from the
+render workers was slower than making them here (docs/BENCHMARKS.md, run 7 against run 8).
+`Preprocess` stays picklable, so a render worker can still run it where that pays.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from dsocr_cli.types import PageImage
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Makes a page's model inputs (tensors by name, pixels in the model's dtype). Picklable; loads
+    the processor once per thread."""
+
+    model: str
+    revision: str | None
+    prompt: str
+    image_kwargs: dict
+    dtype: str
+
+    def __call__(self, page: PageImage) -> PageImage:
+        import torch
+
+        processor = _processor(self.model, self.revision)
+        inputs = processor(images=[page.image], text=[self.prompt], return_tensors="pt", **self.image_kwargs)
+        dtype = getattr(torch, self.dtype.replace("torch.", ""))
+        for key in ("pixel_values", "pixel_values_local"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(dtype)
+        return dataclasses.replace(page, inputs=dict(inputs))
+
+
+def prepared(
+    prepare: Callable[[PageImage], PageImage], pages: Iterable[PageImage], threads: int, ahead: int = 32
+) -> tuple[Iterator[PageImage], Callable[[], Iterator[tuple[PageImage, Exception]]]]:
+    """Pages with their model inputs, made by `threads` threads up to `ahead` pages in advance.
+
+    Pages are pulled from `pages` on the calling thread only (the pipeline's generator is not
+    thread-safe), two per page handed on, so the window fills without delaying the first page.
+    Returns the page iterator and a function that yields (page, exception) for pages that failed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    errors: list[tuple[PageImage, Exception]] = []
+
+    def failed() -> Iterator[tuple[PageImage, Exception]]:
+        while errors:
+            yield errors.pop(0)
+
+    def ready() -> Iterator[PageImage]:
+        source = iter(pages)
+        window: collections.deque = collections.deque()
+        exhausted = False
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="dsocr-prepare") as pool:
+            while True:
+                for _ in range(2):
+                    if exhausted or len(window) >= ahead:
+                        break
+                    page = next(source, None)
+                    if page is None:
+                        exhausted = True
+                    else:
+                        window.append((page, page if page.inputs is not None else pool.submit(prepare, page)))
+                if not window:
+                    return
+                page, job = window.popleft()
+                try:
+                    yield job if isinstance(job, PageImage) else job.result()
+                except Exception as exc:  # this page alone cannot be prepared
+                    errors.append((page, exc))
+
+    return ready(), failed
+
+
+_local = threading.local()
+
+
+def _processor(model: str, revision: str | None):
+    """One processor per thread: fast tokenizers refuse concurrent use from several threads."""
+    cache = getattr(_local, "processors", None)
+    if cache is None:
+        cache = _local.processors = {}
+    if (model, revision) not in cache:
+        cache[model, revision] = _load_processor(model, revision)
+    return cache[model, revision]
+
+
+def _load_processor(model: str, revision: str | None):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model, revision=revision)
+    processor.tokenizer.padding_side = "left"
+    return processor
