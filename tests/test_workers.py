@@ -40,11 +40,12 @@ def without_timings(value):
 
 
 def tree(out: Path) -> dict[str, object]:
-    """Every file under OUT but the run summary: bytes, or JSON without its timings."""
+    """Every file under OUT but the run's records (summary.json, the reports, which show timings):
+    bytes, or JSON without its timings."""
     files = {}
     for path in sorted(out.rglob("*")):
         name = path.relative_to(out).as_posix()
-        if path.is_dir() or name == "summary.json" or name.startswith(".dsocr"):
+        if path.is_dir() or name == "summary.json" or name.endswith("report.html") or name.startswith(".dsocr"):
             continue
         files[name] = without_timings(json.loads(path.read_text())) if path.suffix == ".json" else path.read_bytes()
     return files
