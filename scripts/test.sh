@@ -17,6 +17,9 @@ TORCH_FROM=()
 [[ -n ${TORCH_INDEX_URL:-} ]] && TORCH_FROM=(--index-url "$TORCH_INDEX_URL")
 "$VENV/bin/python" -m pip install -q "${TORCH_FROM[@]}" torch==2.13.0
 "$VENV/bin/python" -m pip install -q -e '.[test]'
+# Triton runs the paged attention kernel under its interpreter on the CPU (a test compares it with
+# the reference); its wheels exist for Linux only.
+[[ $(uname -s) == Linux ]] && "$VENV/bin/python" -m pip install -q triton==3.9.0
 
 # The remote-code profile: the official checkpoints' own code needs transformers 4.46.x, so its
 # engine is also tested in a second environment with that stack.
