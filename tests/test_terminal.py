@@ -157,3 +157,18 @@ def test_tiff_frames_count_as_pages(tmp_path):
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.7 nothing else")
     assert page_count(Source(broken, "pdf", "broken.pdf"), RenderOptions()) == 0
+
+
+def test_each_worker_has_a_line_under_the_bar(tiny_model, tmp_path):
+    for i in range(4):
+        make_image(tmp_path / "in" / f"p{i}.png", size=(320, 240))
+    out = tmp_path / "out"
+    flags = ["--model", str(tiny_model), "--device", "cpu", "--max-new-tokens", "6", "--mode", "base"]
+    code, _, stream = run_on_terminal(["run", str(tmp_path / "in"), "-o", str(out), "--workers", "2", *flags])
+    assert code == 0, stream[-3000:]
+    lines = terminal_lines(stream)
+    for slot in (0, 1):
+        shown = [line for line in lines if re.search(rf"worker {slot} · cpu\b.* pages · [\d,]+ tok/s", line)]
+        assert shown, stream[-3000:]
+    workers = json.loads((out / "summary.json").read_text())["engine"]["workers"]
+    assert sum(w["pages"] for w in workers) == 4

@@ -124,7 +124,7 @@ class ConsoleEvents:
         self._started: float | None = None
         self.workers: dict[int, dict] = {}  # worker slot -> its latest state
         if env.err_is_tty and not quiet:
-            self.bar = Progress(
+            self.bar = _RunProgress(
                 TextColumn("[bold]OCR"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -198,8 +198,33 @@ class ConsoleEvents:
         """The latest state of each worker (device, host, pages, tok/s, restarts); the log says
         when one dies or starts again, and summary.json keeps the final state."""
         self.workers = {worker["worker"]: worker for worker in workers}
+        if self.bar:
+            self.bar.worker_lines = [worker_line(w) for _, w in sorted(self.workers.items())]
+            self.bar.refresh()
 
     def run_finished(self) -> None:
         if self.bar:
             self.bar.stop()
             self.bar = None
+
+
+class _RunProgress(Progress):
+    """The page bar, and under it one line per worker when several engines run."""
+
+    worker_lines: list[str] = []
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        yield from self.worker_lines
+
+
+def worker_line(worker: dict) -> str:
+    """One worker's state for the terminal: where it runs, what it did, whether it restarted."""
+    where = worker.get("gpu") or worker.get("device") or "?"
+    host = f" @ {worker['host']}" if worker.get("host") else ""
+    restarts = worker.get("restarts", 0)
+    again = f" · {restarts} restart{'s' if restarts != 1 else ''}" if restarts else ""
+    return (
+        f"  worker {worker.get('worker')} · {where}{host} · {worker.get('state', '')} · "
+        f"{worker.get('pages', 0)} pages · {worker.get('tokens_per_second', 0):,.0f} tok/s{again}"
+    )
