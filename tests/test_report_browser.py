@@ -55,6 +55,8 @@ def screenshot(page, name: str) -> None:
 
 
 def test_index_filters_and_page_view(browser, tmp_path):
+    from playwright.sync_api import expect
+
     out, summary = replay_run(tmp_path)
     page, errors = watched_page(browser)
     page.goto((out / "report.html").as_uri())
@@ -91,9 +93,12 @@ def test_index_filters_and_page_view(browser, tmp_path):
     page.keyboard.press("r")
     screenshot(page, "report-page.png")
     page.keyboard.press("ArrowRight")
-    assert page.url.endswith("#p2") and page.locator("section#p2").is_visible() and first.is_hidden()
+    expect(page.locator("section#p2")).to_be_visible()  # waits for the page switch the key started
+    expect(first).to_be_hidden()
+    assert page.url.endswith("#p2")
     assert "finish: repetition" in page.locator("section#p2 .facts").inner_text()
     page.locator("#next").click()
+    expect(page.locator("section#p3")).to_be_visible()
     assert page.url.endswith("#p3")
     page.locator("#to-index").click()
     page.wait_for_load_state("load")
