@@ -405,7 +405,7 @@ def measure_seed(engine_class, base, model: str, device: str, tokens: int) -> di
     options = engine_options(model, device, max_new_tokens=tokens, no_repeat_ngram=0, decoder="generate")
     engine = engine_class(base.model, base.processor, options, device, base.dtype, model)
     engine.plan = staticmethod(lambda page: (tokens, 0))
-    engine.model.set_experts_implementation("eager" if device == "cuda" else "eager")
+    engine.model.set_experts_implementation("eager")
     engine.model.generation_config.no_repeat_ngram_size = 20
     pages = pages_for(1, seed=2)
     engine.predict(pages, "<image>\nFree OCR. ")  # warm-up

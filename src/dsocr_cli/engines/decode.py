@@ -201,8 +201,12 @@ class PagedDecoder:
             tensor.copy_(value)
         return graph
 
+    def _bucket(self) -> int:
+        """The smallest captured batch size that holds every occupied lane."""
+        return next(size for size in self.buckets if size > max(self.lanes))
+
     def _advance(self) -> None:
-        b = next(size for size in self.buckets if size > max(self.lanes))
+        b = self._bucket()
         for lane in self.lanes:
             self.lengths[lane] += 1
         graph = self.graphs.get(b) if self.use_graph else None
@@ -372,7 +376,11 @@ class PagedDecoder:
             self.timeline.append((time.perf_counter(), "preempt", 1))
 
     def _clear(self, lane: int) -> None:
+        """A lane left empty: its blocks back in the pool and its state that of a free lane."""
         self.kv.release(lane)
+        self._reset(lane)
+
+    def _reset(self, lane: int) -> None:
         self.active[lane] = False
         self.positions[lane] = 0
         self.generated[lane] = 0
@@ -389,10 +397,8 @@ class PagedDecoder:
                 state[target] = state[source]
             self.kv.move(source, target)
             self.lanes[target] = self.lanes.pop(source)
-            self.lengths[target], self.lengths[source] = self.lengths[source], 0
-            self.active[source] = False
-            self.positions[source] = 0
-            self.generated[source] = 0
+            self.lengths[target] = self.lengths[source]
+            self._reset(source)  # its blocks went with it (kv.move)
             self.on_move(source, target)
 
     def on_move(self, source: int, target: int) -> None:
@@ -400,7 +406,7 @@ class PagedDecoder:
 
     def _collect(self) -> Iterator[Finished]:
         """One host synchronisation per step: which lanes ended, and how."""
-        b = next(size for size in self.buckets if size > max(self.lanes))
+        b = self._bucket()
         generated = self.generated[:b]
         last = self.history[:b].gather(1, (generated - 1).clamp(min=0)[:, None]).squeeze(1)
         ended = (last == self.config.eos_id) | (generated >= self.config.max_new_tokens)

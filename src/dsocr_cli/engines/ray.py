@@ -21,7 +21,7 @@ from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 
 from dsocr_cli.engines.pool import WorkerPool
-from dsocr_cli.engines.worker import build_engine, serve, setup_failure, worker_info
+from dsocr_cli.engines.worker import load_and_serve
 from dsocr_cli.errors import SetupError
 from dsocr_cli.options import EngineOptions
 
@@ -51,14 +51,8 @@ class WorkerActor:
 
     def _run(self, slot: int, factory, options: EngineOptions) -> None:
         conn = _QueueConnection(self.inbound, self.outbound)
-        try:
-            engine = build_engine(factory, options)
-        except BaseException as exc:
-            conn.send(("setup-failed", setup_failure(exc)))
-            return
-        conn.send(("ready", worker_info(engine, slot)))
-        serve(engine, conn)
-        conn.send(("stopped",))
+        if load_and_serve(slot, factory, options, conn):
+            conn.send(("stopped",))
 
     def take(self):
         """The next message for the driver (blocks on the actor's own thread pool)."""

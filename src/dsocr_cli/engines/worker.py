@@ -147,14 +147,21 @@ def process_main(slot: int, factory, options, conn, environment: dict, parent: i
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt means
     os.environ.update(environment)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    with contextlib.suppress(EOFError, OSError):  # the driver is gone
+        load_and_serve(slot, factory, options, conn)
+
+
+def load_and_serve(slot: int, factory, options, conn) -> bool:
+    """Load the engine, tell the driver whether it is ready, then serve; False when it failed to load.
+    The one start-up of a worker, whether a spawned process or a Ray actor."""
     try:
         engine = build_engine(factory, options)
     except BaseException as exc:
         conn.send(("setup-failed", setup_failure(exc)))
-        return
+        return False
     conn.send(("ready", worker_info(engine, slot)))
-    with contextlib.suppress(EOFError, OSError):  # the driver is gone
-        serve(engine, conn)
+    serve(engine, conn)
+    return True
 
 
 def _exit_with_parent(parent: int) -> None:
