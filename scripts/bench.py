@@ -287,7 +287,23 @@ def decoder_fields(engine) -> dict:
         "graphs": len(decoder.graphs),
         "steps": decoder.steps,
         "preemptions": decoder.preemptions,
+        "prefill_s": round(decoder.prefill_seconds, 2),
+        "occupancy": occupancy(decoder.timeline or []),
         "retry_timeline": retry_timeline(decoder.timeline or []),
+    }
+
+
+def occupancy(events: list) -> dict:
+    """Lanes running per decode step, and how the run's time splits into steps and the gaps between."""
+    steps = [(t, lanes) for t, kind, lanes in events if kind == "step"]
+    if not steps:
+        return {}
+    lanes = sorted(n for _, n in steps)
+    return {
+        "mean_lanes": round(sum(lanes) / len(lanes), 1),
+        "median_lanes": lanes[len(lanes) // 2],
+        "steps_below_32_lanes": sum(n < 32 for n in lanes),
+        "span_s": round(steps[-1][0] - steps[0][0], 2),
     }
 
 
