@@ -128,6 +128,25 @@ def compile_layers(model) -> None:
         layer.compile(dynamic=True)
 
 
+def first_tokens(engine, groups, prompt) -> dict:
+    """Each page's greedy first token and its logits, per group."""
+    out = {}
+    for name, group in groups.items():
+        logits, _, _ = engine._prefill(group, prompt)
+        out[name] = logits.float()
+    return out
+
+
+def agreement(a: dict, b: dict) -> dict:
+    """How many pages choose the same first token, and the largest logit difference relative to the logits' range."""
+    result = {}
+    for name in a:
+        same = int((a[name].argmax(-1) == b[name].argmax(-1)).sum())
+        spread = float((a[name] - b[name]).abs().max() / a[name].abs().max())
+        result[name] = {"pages": len(a[name]), "same": same, "max_relative_logit_difference": round(spread, 4)}
+    return result
+
+
 def unfold_sam_attention(model) -> None:
     """Back to transformers' SAM attention, which builds the (batch, heads, N, N) bias."""
     from transformers.models.deepseek_ocr2 import modeling_deepseek_ocr2 as modeling
@@ -186,7 +205,9 @@ def main() -> None:
         result = {"variant": variant}
         try:
             if variant == "transformers":  # SAM's attention as transformers ships it: a dense bias
+                folded = first_tokens(engine, groups, prompt)
                 unfold_sam_attention(model)
+                result["same_first_tokens"] = agreement(folded, first_tokens(engine, groups, prompt))
             if variant == "compile":
                 began = time.perf_counter()
                 compile_layers(model)
