@@ -41,7 +41,7 @@ from dsocr_cli.writers.lock import OutputLock
 log = logging.getLogger(__name__)
 
 STAGING = ".dsocr-staging"
-MAX_PENDING_IMAGES = 8  # per document: bounds the page images held while they are encoded
+MAX_PENDING_WRITES = 8  # per document: bounds the page files (and images) held while they are written
 
 
 def prepare_out(out: Path) -> Path:
@@ -117,7 +117,7 @@ class DocumentFolder:
         self.markdown: dict[int, str] = {}
         self.texts: dict[int, object] = {}  # PageText per page, for the searchable PDF
         self.raw: dict[int, str] = {}  # raw model output by page number, for the report's view
-        self.encoder = encoder  # encodes the report's plain page images off the main thread
+        self.encoder = encoder  # writes page files and encodes the report's plain images off the main thread
         self.pending: deque[Future] = deque()
         self.painter = painter or Painter(processes=0)
         self.painting: list = []  # the pages' annotated images and figure crops being made (Futures)
@@ -143,8 +143,8 @@ class DocumentFolder:
             "raw": f"pages/{stem}.raw.md",
             "annotated": f"pages/{stem}.jpg",
         }
-        write_text(self.staging / files["markdown"], page_markdown)
-        write_text(self.staging / files["raw"], result.prediction.text)
+        self._in_background(write_text, self.staging / files["markdown"], page_markdown)
+        self._in_background(write_text, self.staging / files["raw"], result.prediction.text)
         painted = [(name, box) for _, name, box in crops]
         if getattr(page, "inputs", None) is not None:  # the painter needs the pixels, not the model's inputs
             result = dataclasses.replace(result, page=dataclasses.replace(page, inputs=None))
@@ -152,7 +152,7 @@ class DocumentFolder:
         self.painting.append(self.painter.submit(*args))
         if self.options.report:
             files["plain"] = f"pages/{stem}.plain.jpg"
-            self._save_in_background(page.image, self.staging / files["plain"])
+            self._in_background(save_image, page.image, self.staging / files["plain"], "JPEG")
             self.raw[page.number] = result.prediction.text
         self.pages[page.index] = docjson.page_record(result, files, links)
         self.markdown[page.index] = markdown
@@ -161,23 +161,24 @@ class DocumentFolder:
 
             self.texts[page.index] = PageText.from_result(result)
 
-    def _save_in_background(self, image, path: Path) -> None:
-        """The engine waits while the main thread writes, so an image only the report needs is
-        encoded on a worker; a few at most are in flight, and commit waits for them."""
+    def _in_background(self, write, *args) -> None:
+        """The engine waits while the main thread writes, so a page's files (each written whole and
+        flushed to disk) and the report's plain image are written by worker threads; a few at most
+        are in flight, and commit waits for them."""
         if self.encoder is None:
-            save_image(image, path, "JPEG")
+            write(*args)
             return
-        while len(self.pending) >= MAX_PENDING_IMAGES:
+        while len(self.pending) >= MAX_PENDING_WRITES:
             self.pending.popleft().result()
-        self.pending.append(self.encoder.submit(save_image, image, path, "JPEG"))
+        self.pending.append(self.encoder.submit(write, *args))
 
-    def _wait_for_images(self) -> None:
+    def _wait_for_writes(self) -> None:
         while self.pending:
             self.pending.popleft().result()
 
     def commit(self, fingerprint: dict, settings: dict, seconds: float) -> list[str]:
         """Write document.md and document.json, then move the folder into place. Returns its files."""
-        self._wait_for_images()
+        self._wait_for_writes()
         self.painter.wait(self.painting)
         order = sorted(self.pages)
         joined = docjson.join_pages([(i + 1, self.markdown[i]) for i in order])
@@ -217,7 +218,7 @@ class DocumentFolder:
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
-            self._wait_for_images()
+            self._wait_for_writes()
         self.painter.cancel(self.painting)
         shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -231,7 +232,7 @@ class TreeOutput:
         self.password = password
         self.lock = OutputLock(self.out, wait=self.options.wait).acquire()
         clear_debris(self.out)
-        self.encoder = ThreadPoolExecutor(2, thread_name_prefix="dsocr-image") if self.options.report else None
+        self.encoder = ThreadPoolExecutor(2, thread_name_prefix="dsocr-write")
         self.painter = Painter()
 
     def is_done(self, source: Source, settings: dict) -> bool:
