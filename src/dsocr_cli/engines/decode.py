@@ -77,6 +77,8 @@ class Feed:
 
 @dataclass(frozen=True)
 class DecoderConfig:
+    """How the decoder is sized and decodes; the engine fills it from the options and the free GPU memory."""
+
     lanes: int  # sequences in flight at most
     max_new_tokens: int
     max_prompt: int  # the longest prompt a page can give, in tokens

@@ -42,6 +42,9 @@ TEXT_ROOM = 256  # prompt text tokens the decoder is built for; a longer custom 
 
 
 class HFEngine:
+    """`stream` (continuous batching) by default; `predict` serves --decoder generate, and the rest of
+    a run whose decoder broke. The decoder and its CUDA graphs are built on first use."""
+
     name = "hf"
     decoder_class = None  # SlotDecoder unless a subclass (the benchmark) brings its own
 
