@@ -116,7 +116,9 @@ def gone(pid: int) -> bool:
 def test_a_worker_killed_mid_run_costs_nothing(tiny_model, tmp_path):
     inputs = corpus(tmp_path / "in")
     out = tmp_path / "out"
-    run = Run(tiny_model, "run", str(inputs), "-o", str(out), "--workers", "2", "--max-new-tokens", "40")
+    # one lane per worker: pages run one after another, so the run is still going after the first document
+    args = ["--workers", "2", "--max-new-tokens", "40", "--batch-size", "1"]
+    run = Run(tiny_model, "run", str(inputs), "-o", str(out), *args)
     victim = run.worker_pids()[0]
     run.wait_for(r"done .*page\(s\)")  # mid-run: a document is done, others are in the workers
     os.kill(victim, signal.SIGKILL)
