@@ -16,8 +16,9 @@ from pathlib import Path
 from conftest import offline_env
 from dsocr_cli.discover import discover
 from dsocr_cli.engines import register, start_engine
-from dsocr_cli.options import EngineOptions, Options, OutputOptions
+from dsocr_cli.options import EngineOptions, Options, OutputOptions, RenderOptions
 from dsocr_cli.pipeline import Pipeline
+from dsocr_cli.render import render
 from dsocr_cli.samples import make_image, make_pdf
 from dsocr_cli.writers.tree import TreeOutput
 
@@ -59,8 +60,10 @@ def test_two_cpu_workers_write_the_same_tree_as_one(dsocr, tmp_path):
     inputs = corpus(tmp_path / "in")
     env = offline_env(OMP_NUM_THREADS="1")  # the same arithmetic in every process
     one = dsocr("run", str(inputs), "-o", str(tmp_path / "one"), "--workers", "1", env=env)
-    two = dsocr("run", str(inputs), "-o", str(tmp_path / "two"), "--workers", "2", env=env)
+    two = dsocr("run", str(inputs), "-o", str(tmp_path / "two"), "--workers", "2", "--verbose", env=env)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
+    asks = [int(n) for n in re.findall(r"worker \d asks for (\d+) page", two.stderr)]
+    assert 2 < max(asks) <= 4 + 2, asks  # the decoder's 4 CPU lanes filled at once, plus 2 waiting
     assert tree(tmp_path / "one") == tree(tmp_path / "two")
     assert len([n for n in tree(tmp_path / "two") if n.endswith("document.json")]) == 4
     workers = summary(tmp_path / "two")["engine"]["workers"]
@@ -113,7 +116,9 @@ def gone(pid: int) -> bool:
 def test_a_worker_killed_mid_run_costs_nothing(tiny_model, tmp_path):
     inputs = corpus(tmp_path / "in")
     out = tmp_path / "out"
-    run = Run(tiny_model, "run", str(inputs), "-o", str(out), "--workers", "2", "--max-new-tokens", "40")
+    # one lane per worker: pages run one after another, so the run is still going after the first document
+    args = ["--workers", "2", "--max-new-tokens", "40", "--batch-size", "1"]
+    run = Run(tiny_model, "run", str(inputs), "-o", str(out), *args)
     victim = run.worker_pids()[0]
     run.wait_for(r"done .*page\(s\)")  # mid-run: a document is done, others are in the workers
     os.kill(victim, signal.SIGKILL)
@@ -161,6 +166,21 @@ def test_a_poison_page_fails_only_its_document(tmp_path):
     assert sorted(p.parent.name for p in out.rglob("document.json")) == sorted(set(names) - {"poison.png"})
     for name in set(names) - {"poison.png"}:
         assert f"text of {name} page 1" in (out / name / "document.md").read_text()
+
+
+def test_the_last_pages_are_shared_between_workers(tmp_path):
+    register("lanes", "fake_engines:load_lanes")  # 50 free lanes: each worker asks for 52 pages
+    files = [str(make_image(tmp_path / f"p{i}.png", size=(300, 200))) for i in range(6)]
+    sources, _ = discover(files)
+    pages = [page for source in sources for page in render(source, RenderOptions())]
+    engine = start_engine(EngineOptions(engine="lanes", workers=2))
+    try:
+        outcomes = list(engine.stream(pages, "markdown"))
+        workers = engine.stats()["workers"]
+    finally:
+        engine.close()
+    assert sorted(prediction.text for _, prediction in outcomes) == [f"text of p{i}.png page 1" for i in range(6)]
+    assert sorted(w["pages"] for w in workers)[0] >= 2, workers  # the first to ask did not take all six
 
 
 def test_workers_must_be_a_positive_count_or_auto(dsocr, tmp_path):

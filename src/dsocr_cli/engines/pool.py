@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import time
@@ -32,6 +33,7 @@ from dsocr_cli.types import PageImage, Prediction
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3  # per worker; a worker that cannot even load again is retired at once
+GATHER_SECONDS = 0.05  # how long one answer waits for more rendered pages once it has one
 
 
 class WorkerLost(DsocrError):
@@ -119,6 +121,7 @@ class WorkerPool:
         self.pulling = True  # False while predict waits: the page source is not re-entered
         self.urgent: deque[Job] = deque()
         self.suspects: deque[Job] = deque()
+        self.spare: deque[Job] = deque()  # pages taken from the source and not yet handed out
         self.out: deque[tuple[PageImage, Prediction | Exception]] = deque()
         self.answers: dict[int, Prediction | Exception] = {}
         self.shown = 0.0
@@ -152,12 +155,13 @@ class WorkerPool:
             while True:
                 while self.out:
                     yield self.out.popleft()
-                if self.source is None and not self.suspects and not any(w.held for w in self.workers):
+                if self.source is None and not (self.suspects or self.spare or any(w.held for w in self.workers)):
                     return
                 self._serve_waiting()
                 self._pump()
         finally:
             self.source = None
+            self.spare.clear()
 
     def predict(self, pages: list[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
         """Pages through the workers, waited for (the pipeline's strict retries and fallback)."""
@@ -230,6 +234,7 @@ class WorkerPool:
         kind = message[0]
         if kind == "want":
             worker.want, worker.holding = message[1], message[2]
+            log.debug("worker %d asks for %d page(s), holding %d", worker.slot, worker.want, worker.holding)
             self._serve(worker)
         elif kind == "result":
             self._result(worker, message[1], message[2])
@@ -280,7 +285,7 @@ class WorkerPool:
 
     def _jobs_for(self, worker: Worker) -> list[Job]:
         """Strict retries first; then pages from dead workers, one at a time to an empty worker
-        (while any wait, workers drain); then new pages from the source."""
+        (while any wait, workers drain); then new pages."""
         if worker.suspect:
             return []
         if self.urgent:
@@ -293,14 +298,21 @@ class WorkerPool:
         return self._pull(worker.want)
 
     def _pull(self, count: int) -> list[Job]:
-        jobs: list[Job] = []
-        while len(jobs) < count and self.source is not None and self.pulling:
+        """Up to `count` new pages: the first may wait for rendering, more only while they come
+        within GATHER_SECONDS of it (the worker waits for this answer). Once the source is
+        exhausted, each answer takes at most a fair share of what is left, so the last pages
+        spread over the workers instead of queueing in the one that asked first."""
+        deadline = math.inf
+        while len(self.spare) < count and self.source is not None and self.pulling and time.monotonic() < deadline:
             page = next(self.source, None)
             if page is None:
                 self.source = None
                 break
-            jobs.append(self._job(page, self.prompt, False, urgent=False))
-        return jobs
+            self.spare.append(self._job(page, self.prompt, False, urgent=False))
+            deadline = min(deadline, time.monotonic() + GATHER_SECONDS)
+        if self.source is None:
+            count = min(count, -(-len(self.spare) // max(1, sum(w.ready for w in self.workers))))
+        return [self.spare.popleft() for _ in range(min(count, len(self.spare)))]
 
     def _lost(self, worker: Worker) -> None:
         """A worker died: its pages go to another worker once, alone; a second death fails them."""

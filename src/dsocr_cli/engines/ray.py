@@ -6,6 +6,12 @@ connection differs: each actor runs the worker loop (engines/worker.py) on a thr
 of driver threads carries its messages over Ray calls. An actor that dies, or whose node goes,
 closes its connection like a dead process does, and its pages go to another actor once.
 
+No wait on a running actor is unbounded: an actor answers the driver's `take` within HEARTBEAT
+seconds even with nothing to say, so one that has not answered in LOST_AFTER seconds is lost,
+whether or not Ray has noticed yet (a call on a node that vanished can wait for minutes). Only an
+actor's creation is waited for without a bound: it may wait for room in the cluster, and it holds
+no page meanwhile.
+
 Ray is an optional extra (`pip install 'dsocr[ray]'`), imported only here.
 """
 
@@ -26,6 +32,9 @@ from dsocr_cli.errors import SetupError
 from dsocr_cli.options import EngineOptions
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT = 5.0  # seconds an actor's `take` waits for a message before answering None
+LOST_AFTER = 60.0  # seconds without any answer from a running actor before it counts as lost
 
 
 class _QueueConnection:
@@ -55,8 +64,12 @@ class WorkerActor:
             conn.send(("stopped",))
 
     def take(self):
-        """The next message for the driver (blocks on the actor's own thread pool)."""
-        return self.outbound.get()
+        """The next message for the driver, or None after HEARTBEAT seconds: the answer itself
+        tells the driver that the actor is alive."""
+        try:
+            return self.outbound.get(timeout=HEARTBEAT)
+        except queue.Empty:
+            return None
 
     def give(self, message) -> None:
         self.inbound.put(message)
@@ -80,15 +93,19 @@ class RayLauncher:
         return driver_end, actor
 
     def _to_driver(self, actor, relay: Connection) -> None:
-        """Actor -> driver; an actor or node that is gone closes the connection."""
+        """Actor -> driver; an actor or node that is gone, or silent for LOST_AFTER seconds,
+        closes the connection."""
         try:
+            self.ray.get(actor.__ray_ready__.remote())  # created: it may first wait for room
             while True:
-                message = self.ray.get(actor.take.remote())
+                message = self.ray.get(actor.take.remote(), timeout=LOST_AFTER)
+                if message is None:
+                    continue
                 if message[0] == "stopped":
                     break
                 relay.send(message)
-        except Exception as exc:  # RayActorError, ActorDiedError, a lost node
-            log.debug("actor connection closed: %s", exc)
+        except Exception as exc:  # ActorDiedError, ActorUnavailableError, GetTimeoutError, a lost node
+            log.debug("actor connection closed: %s: %s", type(exc).__name__, exc)
         finally:
             _hang_up(relay)
 

@@ -1,12 +1,20 @@
 """The worker's side of a worker pool: one engine, fed pages on demand over one connection.
 
-The worker asks for pages when its engine has room (a free decode slot, or an empty batch) and
-sends each page's outcome back as it ends, so the driver hands out work as workers free up and
-always knows which pages each one holds. The same loop runs in a spawned process
-(engines/pool.py) and in a Ray actor (engines/ray.py); only the connection differs.
+The worker asks for pages when its engine has room and sends each page's outcome back as it
+ends, so the driver hands out work as workers free up and always knows which pages each one
+holds. The same loop runs in a spawned process (engines/pool.py) and in a Ray actor
+(engines/ray.py); only the connection differs.
 
     worker -> driver   ("ready", info) | ("setup-failed", error) | ("want", n, holding) | ("result", id, outcome)
-    driver -> worker   a list of jobs (id, page, prompt, strict); [] finish what you hold; None stop
+    driver -> worker   a list of at most n jobs (id, page, prompt, strict); [] finish what you hold; None stop
+
+How many pages a request asks for (`n`): a streaming engine with a paged decoder asks for as many
+as fill its lanes, plus PREFETCH waiting, less the pages it holds (`holding`: every page sent to it
+and not yet answered, admitted into a lane or not), at most MAX_ASK; so a decoder with 200 free
+lanes fills them in one round trip, and a worker never holds more than its lanes plus PREFETCH
+(plus what its engine's input threads read ahead). Other streaming engines ask for PREFETCH, and
+engines that batch for one batch. The driver may answer with fewer pages (what is ready now, and
+only a fair share once the input is exhausted), never with more.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from collections.abc import Callable, Iterator
 
 from dsocr_cli.errors import DsocrError, ExitCode
 
-PREFETCH = 2  # pages a streaming worker asks for at a time: one to admit, one waiting
+PREFETCH = 2  # pages a streaming worker holds beyond its free lanes: one to admit next, one waiting
+MAX_ASK = 256  # the most pages one request asks for
 
 
 def build_engine(factory: str | Callable, options):
@@ -57,12 +66,21 @@ def setup_failure(exc: BaseException) -> tuple:
     return type(exc).__name__, f"{type(exc).__name__}: {exc}", None, int(ExitCode.INTERNAL)
 
 
+def ask_size(engine, holding: int) -> int:
+    """Pages a streaming engine can take soon: its decoder's lanes plus PREFETCH, less the pages it
+    holds, at least one (the engine is waiting for it); PREFETCH where no decoder shows its lanes."""
+    decoder = getattr(engine, "decoder", None)
+    lanes = getattr(getattr(decoder, "config", None), "lanes", None)
+    if not isinstance(lanes, int) or lanes < 1:
+        return PREFETCH
+    return max(1, min(MAX_ASK, lanes + PREFETCH - holding))
+
+
 def serve(engine, conn) -> None:
     """Ask for pages, run them, send each outcome back; until the driver says stop."""
     streams = getattr(engine, "continuous", False) and hasattr(engine, "stream")
-    want = PREFETCH if streams else max(1, getattr(engine, "batch_size", 1))
     while True:
-        conn.send(("want", want, 0))
+        conn.send(("want", ask_size(engine, 0) if streams else max(1, getattr(engine, "batch_size", 1)), 0))
         jobs = conn.recv()
         if jobs is None:
             return
@@ -87,7 +105,7 @@ def _stream(engine, conn, jobs: list) -> bool:
         nonlocal stopped
         while True:
             if not waiting:
-                conn.send(("want", PREFETCH, len(held)))
+                conn.send(("want", ask_size(engine, len(held)), len(held)))
                 more = conn.recv()
                 if not more:  # None (stop) or [] (nothing more now): let the engine finish what it holds
                     stopped = more is None
