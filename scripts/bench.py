@@ -287,7 +287,27 @@ def decoder_fields(engine) -> dict:
         "graphs": len(decoder.graphs),
         "steps": decoder.steps,
         "preemptions": decoder.preemptions,
+        "prefill_s": round(decoder.prefill_seconds, 2),
+        "occupancy": occupancy(decoder.timeline or []),
         "retry_timeline": retry_timeline(decoder.timeline or []),
+    }
+
+
+def occupancy(events: list) -> dict:
+    """Lanes running per decode step, and how the run's time splits into steps and the gaps between."""
+    steps = [(t, lanes) for t, kind, lanes in events if kind == "step"]
+    if not steps:
+        return {}
+    lanes = sorted(n for _, n in steps)
+    # Back-to-back steps (no prefill or retry between them): their spacing is one step's GPU time
+    # plus whatever the host adds between steps.
+    gaps = sorted(b[0] - a[0] for a, b in zip(events, events[1:], strict=False) if a[1] == "step" and b[1] == "step")
+    return {
+        "mean_lanes": round(sum(lanes) / len(lanes), 1),
+        "median_lanes": lanes[len(lanes) // 2],
+        "steps_below_32_lanes": sum(n < 32 for n in lanes),
+        "median_step_ms": round(1000 * gaps[len(gaps) // 2], 2) if gaps else None,
+        "span_s": round(steps[-1][0] - steps[0][0], 2),
     }
 
 
@@ -376,10 +396,18 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
         "pages_per_s": round(summary.pages / seconds, 3),
         "tok_per_s": round(summary.tokens / seconds, 1),
         "first_page_s": round(events.first or 0.0, 2),
+        "first_prefill_s": first_prefill(engine, started),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         "finish": finishes,
         "retried": sum(p.prediction.attempts > 1 for d in summary.documents for p in d.pages),
     } | decoder_fields(engine)
+
+
+def first_prefill(engine, started: float) -> float | None:
+    """Seconds from the start to the end of the first prefill: how long the first page took to
+    be rendered, get its inputs and enter the decoder."""
+    times = [t for t, kind, _ in engine.decoder.timeline or [] if kind == "prefill"]
+    return round(times[0] - started, 2) if times else None
 
 
 class FirstPage:

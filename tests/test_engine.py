@@ -95,10 +95,10 @@ def paged_decoder(engine, prompt: str, **overrides):
 
 
 def run_decoder(decoder, engine, pages, prompt):
-    return {
-        done.item.source.key: done
-        for done in decoder.run(iter(pages), lambda group: engine._prefill(group, prompt), engine._measure)
-    }
+    from dsocr_cli.engines.decode import Feed
+
+    feed = Feed(lambda group: engine._prefill(group, prompt), engine._measure)
+    return {done.item.source.key: done for done in decoder.run(iter(pages), feed)}
 
 
 def test_preempted_sequences_resume_token_identical(tiny_model):
@@ -184,8 +184,43 @@ def test_a_looping_page_is_retried_inside_the_decoder(tiny_model):
     assert {k: streamed[k].finish for k in ("p0", "p2")} == {"p0": "length", "p2": "length"}
 
 
+def test_a_retried_page_gets_its_inputs_remade_off_the_decoding_thread(tiny_model):
+    """Inputs are dropped once a page is prefilled; the looping page's retry has them remade by a
+    background thread while the other lanes decode, never by the thread that drives the model."""
+    import threading
+
+    engine = load_engine(EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=240))
+    prompt = TASK_PROMPTS["free"]
+    engine.decoder = CyclingDecoder.make(engine, prompt, retry=True, loop_span=64, loop_period=128, loop_every=8)
+    made, main = [], threading.current_thread().name
+    preparer, inputs_here = engine.preparer, engine._inputs_cpu
+
+    def recording_preparer(prompt):
+        prepare = preparer(prompt)
+
+        def recorded(page):
+            made.append((page.source.key, threading.current_thread().name))
+            return prepare(page)
+
+        return recorded
+
+    def counted_inputs_here(pages, prompt):
+        made.append(("main thread", main))
+        return inputs_here(pages, prompt)
+
+    engine.preparer, engine._inputs_cpu = recording_preparer, counted_inputs_here
+    pages = [noise_page(i, 300, 200, seed=i) for i in range(3)]
+    results = {page.source.key: prediction for page, prediction in engine.stream(iter(pages), prompt)}
+    assert results["p1"].attempts == 2 and results["p1"].finish != "repetition"
+    p1 = [thread for key, thread in made if key == "p1"]
+    assert len(p1) == 2 and p1[1].startswith("dsocr-remake"), made
+    assert all(thread != main for _, thread in made), "no inputs were made on the decoding thread"
+
+
 def test_a_page_failing_its_prefill_does_not_stop_the_others(tiny_model):
     """One lane: the failing page frees it again and every other page still comes back."""
+    from dsocr_cli.engines.decode import Feed
+
     engine = load_engine(EngineOptions(model=str(tiny_model), device="cpu", max_new_tokens=6))
     prompt = TASK_PROMPTS["free"]
     decoder = paged_decoder(engine, prompt, lanes=1)
@@ -196,7 +231,7 @@ def test_a_page_failing_its_prefill_does_not_stop_the_others(tiny_model):
         return engine._prefill(group, prompt)
 
     pages = [noise_page(i, 300, 200, seed=i) for i in range(5)]
-    results = {done.item.source.key: done.finish for done in decoder.run(iter(pages), prefill)}
+    results = {done.item.source.key: done.finish for done in decoder.run(iter(pages), Feed(prefill))}
     assert results == {"p0": "length", "p1": "error", "p2": "error", "p3": "length", "p4": "length"}
 
 

@@ -59,6 +59,21 @@ class Finished:
     attempts: int = 1
 
 
+def _same(item):
+    return item
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What the decoder needs to know about the caller's items (pages); all but `prefill` optional."""
+
+    prefill: Prefill
+    measure: Callable[[object], int] | None = None  # an item's prompt tokens before its prefill, where known
+    forget: Callable[[object], object] = _same  # the item to keep once prefilled (bulky inputs dropped)
+    renew: Callable[[object], object] = _same  # an item going back to the queue: start remaking its inputs
+    ready: Callable[[object], bool] = lambda item: True  # whether a renewed item's inputs are made
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     lanes: int  # sequences in flight at most
@@ -219,28 +234,20 @@ class PagedDecoder:
             self._step(b)
         self.steps += 1
         if self.timeline is not None:
-            self.timeline.append((time.perf_counter(), "step", b))
+            self.timeline.append((time.perf_counter(), "step", len(self.lanes)))
 
     # ---- the scheduler ----
 
-    def run(
-        self,
-        items: Iterable,
-        prefill: Prefill,
-        measure: Callable[[object], int] | None = None,
-        forget: Callable[[object], object] | None = None,
-    ) -> Iterator[Finished]:
-        """Yield a Finished for every item as it ends (retries already done, so each item once).
-        `measure(item)` tells an item's prompt tokens before its prefill where known; `forget(item)`
-        returns the item to keep once it is prefilled (without bulky inputs a retry can remake)."""
-        self.forget = forget or (lambda item: item)
+    def run(self, items: Iterable, feed: Feed) -> Iterator[Finished]:
+        """Yield a Finished for every item as it ends (retries already done, so each item once)."""
+        self.feed = feed
         pending = iter(items)
         exhausted = False
         started = time.perf_counter()
         self.prefill_seconds = 0.0
         while True:
             if (not exhausted or self.queue) and self._may_prefill(started):
-                exhausted = yield from self._admit(pending, prefill, measure or (lambda item: self.config.max_prompt))
+                exhausted = yield from self._admit(pending)
             if not self.lanes:
                 if exhausted and not self.queue:
                     return
@@ -258,15 +265,17 @@ class PagedDecoder:
             return True
         return self.prefill_seconds <= self.config.prefill_share * (time.perf_counter() - started)
 
-    def _admit(self, pending: Iterator, prefill: Prefill, measure) -> Iterator[Finished]:
-        """Prefill one group of waiting sequences into free lanes; return True once `pending` is empty."""
+    def _admit(self, pending: Iterator) -> Iterator[Finished]:
+        """Prefill one group of waiting sequences into free lanes; return True once `pending` is empty.
+        Queued sequences (preempted, retried) come first, each once its inputs are remade; while
+        lanes run, one whose inputs are still being made lets new pages pass."""
         group, tokens, exhausted = [], 0, False
         free = self.config.lanes - len(self.lanes)
         spare = len(self.kv.free)
+        measure = self.feed.measure or (lambda item: self.config.max_prompt)
         while len(group) < free:
-            if self.queue:
-                seq = self.queue[0]
-            else:
+            seq = next((s for s in self.queue if not self.lanes or self.feed.ready(s.item)), None)
+            if seq is None:
                 item = next(pending, _END) if not exhausted else _END
                 if item is _END:
                     exhausted = True
@@ -279,12 +288,13 @@ class PagedDecoder:
                 break
             if not group and blocks > spare and self.lanes:
                 break  # wait for running sequences to free blocks
-            group.append(self.queue.popleft())
+            self.queue.remove(seq)
+            group.append(seq)
             tokens += need
             spare -= blocks
         if group:
             began = time.perf_counter()
-            yield from self._prefill_group(group, prefill)
+            yield from self._prefill_group(group)
             self.prefill_seconds += time.perf_counter() - began
         return exhausted and not self.queue
 
@@ -292,10 +302,10 @@ class PagedDecoder:
         """Blocks kept free per admission so running sequences can grow a while before preempting."""
         return max(1, len(self.lanes) // 8)
 
-    def _prefill_group(self, group: list[_Sequence], prefill: Prefill) -> Iterator[Finished]:
+    def _prefill_group(self, group: list[_Sequence]) -> Iterator[Finished]:
         """Prefill a group; when it fails, split it, so that only a sequence failing alone is lost."""
         try:
-            logits, layer_kv, lengths = prefill([(s.item, s.kept[:-1]) for s in group])
+            logits, layer_kv, lengths = self.feed.prefill([(s.item, s.kept[:-1]) for s in group])
         except Exception as exc:
             if len(group) == 1:
                 log.debug("prefill failed", exc_info=True)
@@ -303,11 +313,11 @@ class PagedDecoder:
                 yield Finished(seq.item, exc, "error", 0.0, 2 if seq.strict else 1)
                 return
             half = len(group) // 2
-            yield from self._prefill_group(group[:half], prefill)
-            yield from self._prefill_group(group[half:], prefill)
+            yield from self._prefill_group(group[:half])
+            yield from self._prefill_group(group[half:])
             return
         for seq in group:
-            seq.item = self.forget(seq.item)
+            seq.item = self.feed.forget(seq.item)
         self._place(group, logits, layer_kv, lengths)
         if self.timeline is not None:
             self.timeline.append((time.perf_counter(), "prefill", len(group)))
@@ -368,6 +378,7 @@ class PagedDecoder:
         """Free a lane's blocks; its sequence waits at the front of the queue with what it generated."""
         seq = self.lanes.pop(lane)
         seq.kept = self.history[lane, : int(self.generated[lane])].tolist()
+        seq.item = self.feed.renew(seq.item)
         self._clear(lane)
         self.queue.appendleft(seq)
         self.preemptions += 1
@@ -426,7 +437,7 @@ class PagedDecoder:
         self._clear(lane)
         finish = "repetition" if kind == 2 else "eos" if ids and ids[-1] == self.config.eos_id else "length"
         if finish != "eos" and self.config.retry and not seq.strict:
-            self.queue.append(_Sequence(seq.item, seq.started, strict=True))  # after preempted ones
+            self.queue.append(_Sequence(self.feed.renew(seq.item), seq.started, strict=True))  # after preempted
             if self.timeline is not None:
                 self.timeline.append((time.perf_counter(), f"retry-{finish}", count))
             return

@@ -9,8 +9,6 @@ Both decode greedily with grouped_mm MoE experts on CUDA and the windowed n-gram
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
 import math
 import time
@@ -18,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from dsocr_cli.engines.device import device_stats, resolve_device, resolve_dtype
-from dsocr_cli.engines.inputs import Preprocess, prepared
+from dsocr_cli.engines.inputs import Preprocess, Remake, prepared
 from dsocr_cli.engines.ngram import WindowedNoRepeatNGram, looks_looped
 from dsocr_cli.errors import SetupError, UsageError
 from dsocr_cli.options import TASK_PROMPTS, EngineOptions
@@ -61,6 +59,7 @@ class HFEngine:
         self.strip_tokens = [t for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) if t]
         self.image_kwargs = mode_kwargs(options.mode, processor)
         self.decoder = None  # the continuous-batching decoder, built on first use
+        self.remake = None  # inputs remade in the background for pages the decoder takes back
         self.continuous = options.decoder == "slots"
         self.retries_inside = self.continuous  # the decoder retries loops itself, without blocking
         self.prepare_in_renderer = False  # page inputs are made by threads here (see `prepared`)
@@ -68,17 +67,29 @@ class HFEngine:
     def stream(self, pages: Iterable[PageImage], prompt: str) -> Iterator[tuple[PageImage, Prediction | Exception]]:
         """Continuous batching: pages are prefilled in small groups into free lanes and come back
         as soon as each one ends, in the order they finish; retries happen inside the decoder."""
+        from dsocr_cli.engines.decode import Feed
+
         decoder = self.decoder_for(prompt)
-        forget = functools.partial(dataclasses.replace, inputs=None)  # a retry remakes them; 25+ MB a page
-        ready, failed = prepared(self.preparer(prompt), pages, PREPARE_THREADS if self.device == "cuda" else 1)
-        run = decoder.run(ready, lambda group: self._prefill(group, prompt), self._measure, forget)
-        for done in run:
+        prepare = self.preparer(prompt)
+        self.remake = Remake(prepare)
+        ready, failed = prepared(prepare, pages, PREPARE_THREADS if self.device == "cuda" else 1)
+        feed = Feed(
+            prefill=lambda group: self._prefill(group, prompt),
+            measure=self._measure,
+            forget=self.remake.forget,
+            renew=self.remake.renew,
+            ready=self.remake.ready,
+        )
+        try:
+            for done in decoder.run(ready, feed):
+                yield from failed()
+                if done.finish == "error":
+                    yield done.item, done.ids
+                else:
+                    yield done.item, self._prediction(done.ids, done.seconds, done.finish, done.attempts)
             yield from failed()
-            if done.finish == "error":
-                yield done.item, done.ids
-            else:
-                yield done.item, self._prediction(done.ids, done.seconds, done.finish, done.attempts)
-        yield from failed()
+        finally:
+            self.remake.close()
 
     def decoder_for(self, prompt: str):
         """The paged decoder, built (and its CUDA graphs captured) once; rebuilt only for a prompt
@@ -116,12 +127,20 @@ class HFEngine:
 
     def preparer(self, prompt: str) -> Preprocess:
         """What a render worker runs on each page: the processor's work, off the main process."""
-        return Preprocess(self.source, self.options.revision, prompt, self.image_kwargs, str(self.dtype))
+        return Preprocess(
+            self.source,
+            self.options.revision,
+            prompt,
+            self.image_kwargs,
+            str(self.dtype),
+            pin=self.device == "cuda" and not self.prepare_in_renderer,
+        )
 
     def _measure(self, page: PageImage) -> int:
-        """A page's prompt tokens when its inputs are ready, else the most it can have."""
-        if page.inputs is not None:
-            return int(page.inputs["input_ids"].shape[1])
+        """A page's prompt tokens when its inputs are made, else the most it can have."""
+        inputs = self.remake.inputs(page) if self.remake and self.remake.ready(page) else page.inputs
+        if inputs is not None:
+            return int(inputs["input_ids"].shape[1])
         return self._prompt_room(TASK_PROMPTS["markdown"])
 
     def _prefill(self, group: list[tuple[PageImage, list[int]]], prompt: str):
@@ -141,7 +160,11 @@ class HFEngine:
         resumed tokens appended, positions counted from each row's first real token."""
         import torch
 
-        parts = [page.inputs if page.inputs is not None else self._inputs_cpu([page], prompt) for page, _ in group]
+        made = [self.remake.inputs(page) if self.remake else page.inputs for page, _ in group]
+        parts = [
+            inputs if inputs is not None else self._inputs_cpu([page], prompt)
+            for inputs, (page, _) in zip(made, group, strict=True)
+        ]
         rows = [
             torch.cat([p["input_ids"][0], torch.tensor(extra, dtype=torch.long)])
             for p, (_, extra) in zip(parts, group, strict=True)
@@ -153,17 +176,19 @@ class HFEngine:
         for i, row in enumerate(rows):
             ids[i, width - len(row) :] = row
             mask[i, width - len(row) :] = 1
-        inputs = {
+        inputs = self._to_device({
             "input_ids": ids,
             "attention_mask": mask,
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-            "pixel_values": torch.cat([p["pixel_values"] for p in parts]),
             "num_local_patches": torch.cat([torch.as_tensor(p["num_local_patches"]).view(-1) for p in parts]),
-        }
-        local = [p["pixel_values_local"] for p in parts if p.get("pixel_values_local") is not None]
-        if local:
-            inputs["pixel_values_local"] = torch.cat(local)
-        return self._to_device(inputs), lengths
+        })  # fmt: skip
+        # Pixels go up page by page and are joined on the device: joining them on the host would
+        # copy pinned pages into pageable memory, whose upload is synchronous and several times slower.
+        for key in ("pixel_values", "pixel_values_local"):
+            pixels = [p[key].to(self.device, self.dtype, non_blocking=True) for p in parts if p.get(key) is not None]
+            if pixels:
+                inputs[key] = torch.cat(pixels)
+        return inputs, lengths
 
     def _kv_bytes_per_token(self) -> int:
         from dsocr_cli.engines.kv import bytes_per_token
@@ -297,6 +322,8 @@ def load(options: EngineOptions) -> HFEngine:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    from dsocr_cli.engines.vision import fold_sam_attention
+
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
     if options.mode not in NATIVE_MODES:
@@ -315,6 +342,7 @@ def load(options: EngineOptions) -> HFEngine:
         model_kwargs["experts_implementation"] = "grouped_mm"
     model = _fetch(lambda: AutoModelForImageTextToText.from_pretrained(source, **model_kwargs), options)
     model = model.to(device).eval()
+    fold_sam_attention(model)
     log.info("loaded %s on %s (%s)", options.model, device, str(dtype).replace("torch.", ""))
     torch.set_grad_enabled(False)
     return HFEngine(model, processor, options, device, dtype, source)
