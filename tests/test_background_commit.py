@@ -4,6 +4,7 @@ whose PDFs cannot be made fails alone and leaves nothing, and the others are who
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pymupdf
@@ -15,6 +16,7 @@ from dsocr_cli.pipeline import Pipeline
 from dsocr_cli.samples import make_pdf
 from dsocr_cli.types import Prediction
 from dsocr_cli.writers.tree import TreeOutput
+from test_batch_safety import corpus, document_folders, slow_run, summary, wait_for
 
 RAW = "<|ref|>text<|/ref|><|det|>[[100, 100, 900, 300]]<|/det|>\nQuokka {key} page {number}\n"
 
@@ -59,3 +61,22 @@ def test_a_document_whose_pdfs_fail_leaves_nothing_and_the_others_are_whole(tmp_
         assert (folder / "pages" / "0002.jpg").is_file() and (folder / "pages" / "0002.plain.jpg").is_file()
         done = next(d for d in summary.documents if d.source.key == key)
         assert {Path(p).name for p in done.outputs} >= {"layout.pdf", "searchable.pdf", "document.json"}
+
+
+def test_sigterm_while_documents_commit_leaves_only_whole_documents(tiny_model, tmp_path: Path):
+    inputs = corpus(tmp_path / "in", images=8)
+    out = tmp_path / "out"
+    run = slow_run(tiny_model, inputs, out, "--layout-pdf", "--searchable-pdf")
+    wait_for(lambda: len(document_folders(out)) >= 1)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 130
+    report = summary(out)
+    assert report["interrupted"] is True
+    folders = document_folders(out)
+    assert report["documents"]["done"] == len(folders) >= 1
+    for folder in folders:  # each one whole: its PDFs open and have its pages
+        pages = json.loads((folder / "document.json").read_text())["page_count"]
+        with pymupdf.open(folder / "layout.pdf") as layout, pymupdf.open(folder / "searchable.pdf") as searchable:
+            assert layout.page_count == searchable.page_count == pages
+    assert not (out / ".dsocr-staging").exists() and not list(out.rglob(".tmp-*"))
+    assert "Traceback" not in run.stderr.read()
