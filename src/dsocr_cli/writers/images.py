@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -79,7 +79,7 @@ class Painter:
         self.lock = threading.Lock()
 
     def submit(self, job: Callable[..., None], *args) -> Future:
-        """Queue one job; waits for the oldest while too many are queued."""
+        """Queue one job; while too many are queued, waits for one of them to end."""
         if self.processes == 0:
             done: Future = Future()
             try:
@@ -88,8 +88,9 @@ class Painter:
                 done.set_exception(exc)
             return done
         with self.lock:
-            while len(self.pending) >= self.limit:
-                wait([self.pending.popleft()])  # its document sees the outcome (or its cancelling) itself
+            while len(self.pending) >= self.limit:  # any job ending makes room: a long PDF holds up no page
+                wait(self.pending, return_when=FIRST_COMPLETED)
+                self.pending = deque(f for f in self.pending if not f.done())  # each document sees its own outcome
             future = self._executor().submit(job, *args)
             self.pending.append(future)
             return future
