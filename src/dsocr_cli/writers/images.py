@@ -95,6 +95,18 @@ class Painter:
             self.pending.append(future)
             return future
 
+    def start(self) -> None:
+        """Spawn the processes now (they take seconds to import), so that the first pages and the
+        first commit do not wait for them."""
+        if self.processes == 0:
+            return
+        with self.lock:
+            if self.executor is not None:
+                return
+            executor = self._executor()
+            for _ in range(self.processes):  # a process is spawned for each job no idle one can take
+                executor.submit(_ready)
+
     def _executor(self) -> ProcessPoolExecutor:
         if self.executor is None or getattr(self.executor, "_broken", False):  # a killed process breaks the pool
             context = multiprocessing.get_context("spawn")
@@ -128,6 +140,10 @@ class Painter:
             if self.executor is not None:
                 self.executor.shutdown(wait=True, cancel_futures=True)
                 self.executor = None
+
+
+def _ready() -> None:
+    """The job that makes a process start."""
 
 
 def _as_helper(parent: int) -> None:

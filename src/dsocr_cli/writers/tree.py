@@ -230,6 +230,7 @@ class TreeOutput:
         self.lock.release()
 
     def open(self, source: Source) -> DocumentFolder:
+        self.painter.start()  # while the first document renders and runs through the engine
         return DocumentFolder(self.out, source, self.options, self.password, self.painter)
 
     def finished(self, result, sink) -> None:
