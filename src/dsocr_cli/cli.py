@@ -345,6 +345,7 @@ def version() -> None:
 
 
 def main() -> None:
+    """The `dsocr` script (pyproject) and `python -m dsocr_cli`; each command maps its own errors to exit codes."""
     app()
 
 

@@ -79,6 +79,7 @@ class OriginFormatter(logging.Formatter):
     """Names where a plain log line comes from: `dsocr:` for dsocr's own, the library's name otherwise."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """Sets the record's `origin`, which the plain format string needs, then formats as usual."""
         top = record.name.split(".")[0]
         record.origin = "dsocr" if top in ("dsocr", "dsocr_cli", "root") else top
         return super().format(record)
@@ -141,6 +142,8 @@ class ConsoleEvents:
         return self.bar is not None
 
     def run_started(self, documents: int, pages: Mapping[Source, int] | None = None) -> None:
+        """Starts the bar; its total is the pages counted up front, grown in `pages_done` where a
+        count was missing or short."""
         self.expected = dict(pages or {})
         if self.bar:
             self.bar.start()
@@ -148,21 +151,26 @@ class ConsoleEvents:
             self.task = self.bar.add_task("OCR", total=total, docs=0, documents=documents, rate="")
 
     def rejected(self, item: Rejected) -> None:
+        """A passed-over path is a warning, a failed input an error: only the latter fails the run (exit 1)."""
         if item.skipped:
             log.warning("skipped %s", item.message)
         else:
             log.error("%s", item.message)
 
     def model_loading(self, name: str) -> None:
+        """One line before the bar exists: loading (or downloading) the model can take minutes."""
         log.info("loading model %s", name)
 
     def document_started(self, source: Source) -> None:
+        """The pages/s clock starts at the first document, so model loading does not lower the rate."""
         if self._started is None:
             self._started = time.perf_counter()
         if not self.bar:
             log.debug("started %s", show_path(source.path))
 
     def pages_done(self, pages: Sequence[PageImage]) -> None:
+        """Advances the bar and the rate. Pages of a document already finished (failed) are not
+        counted; a document yielding more pages than counted grows the total."""
         fresh = [page for page in pages if page.source not in self.finished]
         for page in fresh:
             self.counted[page.source] = self.counted.get(page.source, 0) + 1
@@ -175,6 +183,7 @@ class ConsoleEvents:
             self.bar.update(self.task, advance=len(fresh), total=total + grown, rate=rate)
 
     def document_finished(self, result: DocumentResult) -> None:
+        """One line per document; the bar's total loses the pages this document will never yield."""
         source = result.source
         if self.bar and source not in self.finished:
             # The document's share of the total becomes the pages that really came back: a skipped
@@ -203,6 +212,7 @@ class ConsoleEvents:
             self.bar.refresh()
 
     def run_finished(self) -> None:
+        """Stops the live bar, so what is logged after the run prints as plain lines."""
         if self.bar:
             self.bar.stop()
             self.bar = None
@@ -214,6 +224,7 @@ class _RunProgress(Progress):
     worker_lines: list[str] = []
 
     def get_renderables(self):
+        """Rich calls this on each refresh: the page bar, then one line per worker."""
         yield self.make_tasks_table(self.tasks)
         yield from self.worker_lines
 

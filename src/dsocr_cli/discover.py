@@ -53,10 +53,13 @@ class Rejected:
 
     @property
     def skipped(self) -> bool:
+        """Passed over (not a document) rather than failed: a skip alone leaves the exit code 0."""
         return self.reason in SKIP_REASONS
 
 
 def read_kind(path: Path) -> SourceKind | Rejected:
+    """A file's kind by its content, or the Rejected saying why it cannot be one (unreadable, empty,
+    unsupported)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(1024)

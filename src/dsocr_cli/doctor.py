@@ -63,6 +63,7 @@ def run_doctor(data: TextIO, as_json: bool) -> int:
 
 
 def gather() -> dict:
+    """The machine's facts, unjudged (see `judge`); torch or the Hub cache failing to load is recorded, not raised."""
     return {
         "dsocr": __version__,
         "platform": _platform(),
@@ -315,6 +316,7 @@ def _found(version: str | None) -> str:
 
 
 def render(report: dict) -> list[str]:
+    """The report as aligned text lines; `--json` prints the same dict instead."""
     p, t, packages = report["platform"], report["torch"], report["packages"]
     lines = [
         f"dsocr        {report['dsocr']}",

@@ -39,10 +39,14 @@ class DsocrError(Exception):
 
 
 class UsageError(DsocrError):
+    """Bad flags or arguments, found before any work: exit 2, the code Typer gives its own usage errors."""
+
     exit_code = ExitCode.USAGE
 
 
 class NoInputError(DsocrError):
+    """Nothing to process at all: every argument rejected, or a report folder without any record."""
+
     exit_code = ExitCode.NO_INPUT
 
 
@@ -53,6 +57,8 @@ class SetupError(DsocrError):
 
 
 class LockedError(DsocrError):
+    """Another run holds OUT's lock (writers/lock.py) and --wait was not given."""
+
     exit_code = ExitCode.LOCKED
 
 

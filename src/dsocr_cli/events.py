@@ -18,39 +18,66 @@ class Events(Protocol):
 
     counts_pages: bool
 
-    def run_started(self, documents: int, pages: Mapping[Source, int] | None = None) -> None: ...
-    def rejected(self, item: Rejected) -> None: ...
-    def model_loading(self, name: str) -> None: ...
-    def document_started(self, source: Source) -> None: ...
-    def pages_done(self, pages: Sequence[PageImage]) -> None: ...
-    def document_finished(self, result: DocumentResult) -> None: ...
-    def workers_changed(self, workers: list[dict]) -> None: ...
-    def run_finished(self) -> None: ...
+    def run_started(self, documents: int, pages: Mapping[Source, int] | None = None) -> None:
+        """Once, before the first document starts; `pages` is given only when `counts_pages` asks for it."""
+        ...
+
+    def rejected(self, item: Rejected) -> None:
+        """Once per argument or walked file that will not be processed, before the run starts."""
+        ...
+
+    def model_loading(self, name: str) -> None:
+        """Before the engine loads, which may take minutes (a download); nothing runs yet."""
+        ...
+
+    def document_started(self, source: Source) -> None:
+        """When a document is opened for rendering; a skipped one never starts."""
+        ...
+
+    def pages_done(self, pages: Sequence[PageImage]) -> None:
+        """After each batch or page back from the engine, with the pages that got a prediction; pages of
+        a document that already failed may still come."""
+        ...
+
+    def document_finished(self, result: DocumentResult) -> None:
+        """Once per document that ends: done, skipped (already done) or failed; an interrupted run's open
+        documents get none."""
+        ...
+
+    def workers_changed(self, workers: list[dict]) -> None:
+        """From a worker pool: every worker's latest state, at most about twice a second."""
+        ...
+
+    def run_finished(self) -> None:
+        """Once, when `Pipeline.run` ends, normally or not."""
+        ...
 
 
 class NoEvents:
+    """Shows nothing and asks for no page counts: the default of tests and the Python API."""
+
     counts_pages = False
 
     def run_started(self, documents: int, pages: Mapping[Source, int] | None = None) -> None:
-        pass
+        """Nothing shown; no input was opened to count its pages (`counts_pages` is False)."""
 
     def rejected(self, item: Rejected) -> None:
-        pass
+        """Nothing shown."""
 
     def model_loading(self, name: str) -> None:
-        pass
+        """Nothing shown."""
 
     def document_started(self, source: Source) -> None:
-        pass
+        """Nothing shown."""
 
     def pages_done(self, pages: Sequence[PageImage]) -> None:
-        pass
+        """Nothing shown."""
 
     def document_finished(self, result: DocumentResult) -> None:
-        pass
+        """Nothing shown."""
 
     def workers_changed(self, workers: list[dict]) -> None:
-        pass
+        """Nothing shown."""
 
     def run_finished(self) -> None:
-        pass
+        """Nothing shown."""

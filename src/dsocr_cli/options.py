@@ -70,6 +70,8 @@ def parse_pages(spec: str | None) -> tuple[tuple[int, int | None], ...] | None:
 
 @dataclass(frozen=True)
 class RenderOptions:
+    """How inputs become page images (DPI, page ranges, password, limits): the render stage's part."""
+
     dpi: float = 144.0
     pages: tuple[tuple[int, int | None], ...] | None = None
     password: str | None = None
@@ -78,6 +80,7 @@ class RenderOptions:
     workers: int | None = None  # render processes, one document each; None: from the cores (schedule.default_workers)
 
     def wants(self, number: int) -> bool:
+        """Whether 1-based page `number` is asked for; every page is when --pages was not given."""
         if self.pages is None:
             return True
         return any(lo <= number and (hi is None or number <= hi) for lo, hi in self.pages)
@@ -85,6 +88,9 @@ class RenderOptions:
 
 @dataclass(frozen=True)
 class EngineOptions:
+    """What loads the model and how it decodes; the fields that change the output are recorded by
+    `settings_record`, so a rerun with other values redoes the documents."""
+
     engine: str = "hf"
     model: str = DEFAULT_MODEL
     revision: str | None = None
@@ -104,6 +110,8 @@ class EngineOptions:
 
 @dataclass(frozen=True)
 class TaskOptions:
+    """What the model is asked: a preset task, or a custom prompt that overrides it."""
+
     name: str = "markdown"
     prompt: str | None = None
 
@@ -117,6 +125,8 @@ class TaskOptions:
 
 @dataclass(frozen=True)
 class OutputOptions:
+    """Where and which files are written; with `out` None, markdown goes to stdout instead of a tree."""
+
     out: Path | None = None  # None: markdown to stdout
     force: bool = False  # redo documents already done with the same input and settings
     wait: bool = False  # queue behind another run holding OUT instead of exiting
@@ -127,11 +137,14 @@ class OutputOptions:
 
     @property
     def to_stdout(self) -> bool:
+        """No -o (or -o -): markdown on stdout, so --json and the flags that write files are refused."""
         return self.out is None
 
 
 @dataclass(frozen=True)
 class Options:
+    """Every stage's options in one value, built once by the CLI; stages read only their part."""
+
     render: RenderOptions = field(default_factory=RenderOptions)
     engine: EngineOptions = field(default_factory=EngineOptions)
     task: TaskOptions = field(default_factory=TaskOptions)

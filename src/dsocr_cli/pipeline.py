@@ -36,15 +36,37 @@ COMMITTERS = 8  # documents committed at once in the background; the next waits 
 
 
 class DocumentSink(Protocol):
-    def add_page(self, result: PageResult) -> None: ...
-    def commit(self, fingerprint: dict, settings: dict, seconds: float) -> list[str]: ...
-    def abort(self) -> None: ...
+    """One document's output as its pages arrive. It ends with `commit`, or with `abort` (also after
+    a commit that raised)."""
+
+    def add_page(self, result: PageResult) -> None:
+        """Per page, in the order pages come back, not page order; a raise fails this document alone."""
+        ...
+
+    def commit(self, fingerprint: dict, settings: dict, seconds: float) -> list[str]:
+        """Once every page is in: make the output whole and return the files written; a raise fails the
+        document, and `abort` follows."""
+        ...
+
+    def abort(self) -> None:
+        """The document failed or the run stopped: leave nothing half-written (the sink may have no page)."""
+        ...
 
 
 class Output(Protocol):
-    def is_done(self, source: Source, settings: dict) -> bool: ...
-    def open(self, source: Source) -> DocumentSink: ...
-    def finished(self, result: DocumentResult, sink: DocumentSink) -> None: ...
+    """Where a run's documents go (an OUT tree or stdout): the resume check, and one sink per document."""
+
+    def is_done(self, source: Source, settings: dict) -> bool:
+        """Before a document renders: True skips it as done earlier with the same input and `settings`."""
+        ...
+
+    def open(self, source: Source) -> DocumentSink:
+        """When a document starts, or fails before it started: a fresh sink for it alone."""
+        ...
+
+    def finished(self, result: DocumentResult, sink: DocumentSink) -> None:
+        """After each done or failed document, its sink already committed or aborted; never for a skipped one."""
+        ...
 
 
 @dataclass
@@ -65,6 +87,9 @@ class _Committing:
 
 
 class Pipeline:
+    """Drives one run: pages to the engine, predictions to their documents' sinks, each outcome to the
+    summary and the events. One instance per run."""
+
     def __init__(self, options: Options, engine: Engine, output: Output, events: Events | None = None):
         self.options = options
         self.engine = engine
@@ -79,6 +104,8 @@ class Pipeline:
         self.committer: ThreadPoolExecutor | None = None
 
     def run(self, sources: Sequence[Source]) -> RunSummary:
+        """Every source ends in the summary as done, skipped or failed. Only setup errors and interrupts
+        raise, after the open documents are aborted."""
         started = time.perf_counter()
         self.committer = ThreadPoolExecutor(COMMITTERS, thread_name_prefix="dsocr-commit")
         try:
@@ -315,6 +342,8 @@ class Pipeline:
 
 
 def exit_code(summary: RunSummary, rejected: list[Rejected]) -> ExitCode:
+    """Decided after the run from the outcomes: an interrupt first, then any failed document or
+    rejected argument (a path merely passed over does not count)."""
     if summary.interrupted:
         return ExitCode.INTERRUPTED
     if summary.count("failed") or any(not r.skipped for r in rejected):

@@ -14,6 +14,8 @@ from dsocr_cli.errors import ExitCode, SetupError
 
 
 def run_selftest(env: Environment, save_model: Path | None) -> ExitCode:
+    """Runs each stage alone, printing its result on stdout, then the whole pipeline on the same inputs;
+    a failed check raises SetupError, so a broken install exits 4 like any other setup problem."""
     from dsocr_cli import grounding
     from dsocr_cli.discover import discover
     from dsocr_cli.engines import load_engine

@@ -38,10 +38,12 @@ class PageImage:
 
     @property
     def number(self) -> int:
+        """1-based, as users, --pages and the output file names count pages."""
         return self.index + 1
 
     @property
     def size(self) -> tuple[int, int]:
+        """(width, height) of the rendered image: the pixel space block boxes are given in."""
         return self.image.size
 
 
@@ -76,6 +78,9 @@ class ParsedPage:
 
 @dataclass(frozen=True)
 class PageResult:
+    """One page after the engine and grounding, handed to its document's sink; the pipeline keeps a
+    copy without the pixels."""
+
     page: PageImage
     prediction: Prediction
     parsed: ParsedPage
@@ -83,6 +88,8 @@ class PageResult:
 
 @dataclass(frozen=True)
 class DocumentResult:
+    """How one input ended, as the summary, the events and the exit code see it."""
+
     source: Source
     status: Status
     pages: tuple[PageResult, ...] = ()
@@ -101,12 +108,15 @@ class RunSummary:
     interrupted: bool = False
 
     def count(self, status: Status) -> int:
+        """Documents with this status; rejected arguments are not documents and are counted apart."""
         return sum(1 for d in self.documents if d.status == status)
 
     @property
     def pages(self) -> int:
+        """Pages of the documents done in this run: skipped and failed documents hold none."""
         return sum(len(d.pages) for d in self.documents)
 
     @property
     def tokens(self) -> int:
+        """Tokens generated for those pages: the throughput of the summary."""
         return sum(p.prediction.tokens for d in self.documents for p in d.pages)

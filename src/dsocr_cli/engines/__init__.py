@@ -45,6 +45,8 @@ def register(name: str, factory: str | Callable[[EngineOptions], Engine]) -> Non
 
 
 def load_engine(options: EngineOptions) -> Engine:
+    """Import and call the engine's factory in this process (weights load here); the CLI goes
+    through `start_engine`, which may start workers instead."""
     factory = _factory(options)
     if isinstance(factory, str):
         module, _, func = factory.partition(":")

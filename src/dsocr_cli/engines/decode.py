@@ -8,7 +8,8 @@ lane with the text decoder's own modules and an attention that reads only filled
 (engines/kernels); a page that ends frees its lane and blocks at once.
 
 The scheduler, in one loop: admit a bounded group of pages (so running lanes never wait long),
-advance every lane one token, then collect what finished. A page that loops (a repeated span
+launch a step that advances every lane one token, hand the pages that ended before it to the
+caller while it runs, then collect what it finished. A page that loops (a repeated span
 longer than the n-gram ban's window, detected on the device) or hits the token limit is admitted
 again as a new sequence with the strict ban: a retry never blocks the other lanes. When blocks
 run out, the most recently admitted sequence is preempted: its blocks are freed and it is resumed
@@ -76,6 +77,8 @@ class Feed:
 
 @dataclass(frozen=True)
 class DecoderConfig:
+    """How the decoder is sized and decodes; the engine fills it from the options and the free GPU memory."""
+
     lanes: int  # sequences in flight at most
     max_new_tokens: int
     max_prompt: int  # the longest prompt a page can give, in tokens
@@ -245,18 +248,22 @@ class PagedDecoder:
         exhausted = False
         started = time.perf_counter()
         self.prefill_seconds = 0.0
+        ended: list[Finished] = []
         while True:
             if (not exhausted or self.queue) and self._may_prefill(started):
                 exhausted = yield from self._admit(pending)
-            if not self.lanes:
-                if exhausted and not self.queue:
-                    return
-                continue
-            self._reserve()
-            self._compact()
-            self.kv.flush()
-            self._advance()
-            yield from self._collect()
+            running = bool(self.lanes)
+            if running:
+                self._reserve()
+                self._compact()
+                self.kv.flush()
+                self._advance()
+            # The step runs on the device while the caller handles the pages that ended before it
+            # (parsing, writing): the host's work per page no longer leaves the GPU idle.
+            yield from ended
+            ended = list(self._collect()) if running else []
+            if not running and exhausted and not self.queue:
+                return
 
     def _may_prefill(self, started: float) -> bool:
         """Prefill shares the GPU with running lanes: while any run, it may take at most

@@ -15,6 +15,8 @@ DTYPES = {
 
 
 def resolve_device(requested: str) -> str:
+    """`auto` takes cuda, then mps, then cpu; a device asked for by name that is not there fails
+    at once, saying why (a CPU-only torch build, no GPU seen)."""
     import torch
 
     if requested == "auto":

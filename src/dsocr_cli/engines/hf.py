@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -34,10 +35,16 @@ KV_SHARE, KV_MAX_BYTES = 0.4, 20 * 2**30  # the cache's share of free GPU memory
 TYPICAL_TOKENS = 1600  # a tiled page's prompt plus a typical page of output, for sizing the lanes
 MAX_LANES = 256
 PREPARE_THREADS = 6  # threads making page inputs ahead of the decoder on CUDA
+# After each wait on the GPU the decoding thread needs the GIL back to launch the next step, while
+# the input and writer threads run Python; Python's default 5 ms hand-over could cost a whole step.
+SWITCH_INTERVAL = 0.001
 TEXT_ROOM = 256  # prompt text tokens the decoder is built for; a longer custom prompt rebuilds it
 
 
 class HFEngine:
+    """`stream` (continuous batching) by default; `predict` serves --decoder generate, and the rest of
+    a run whose decoder broke. The decoder and its CUDA graphs are built on first use."""
+
     name = "hf"
     decoder_class = None  # SlotDecoder unless a subclass (the benchmark) brings its own
 
@@ -80,6 +87,8 @@ class HFEngine:
             renew=self.remake.renew,
             ready=self.remake.ready,
         )
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         try:
             for done in decoder.run(ready, feed):
                 yield from failed()
@@ -89,6 +98,7 @@ class HFEngine:
                     yield done.item, self._prediction(done.ids, done.seconds, done.finish, done.attempts)
             yield from failed()
         finally:
+            sys.setswitchinterval(interval)
             self.remake.close()
 
     def decoder_for(self, prompt: str):

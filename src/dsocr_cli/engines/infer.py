@@ -60,6 +60,7 @@ CUDA_HINT = "run it on a machine with an NVIDIA GPU, or use --engine hf (native 
 
 
 def transformers_version() -> str | None:
+    """Read from package metadata, without importing transformers: doctor and the stack checks stay fast."""
     try:
         return metadata.version("transformers")
     except metadata.PackageNotFoundError:
@@ -78,10 +79,13 @@ def version_tuple(version: str | None) -> tuple[int, ...]:
 
 
 def native_stack_ok(version: str | None) -> bool:
+    """Whether this transformers has the native deepseek_ocr2 model (>= 5.10.1)."""
     return version_tuple(version) >= NATIVE_MIN
 
 
 def remote_stack_ok(version: str | None) -> bool:
+    """Whether this transformers runs the official remote code: 4.46 or 4.47 (4.48 removed
+    LlamaFlashAttention2, which it imports)."""
     low, high = REMOTE_RANGE
     return low <= version_tuple(version)[:2] < high
 
@@ -248,9 +252,11 @@ class InferEngine:
         _watch_generate(model, options.max_new_tokens, self._record)
 
     def predict(self, pages: Sequence[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
+        """One `infer` call per page; `strict` changes nothing, the remote code has no repetition control."""
         return [self._predict_page(page, prompt) for page in pages]
 
     def stats(self) -> dict:
+        """Device, dtype and memory, for summary.json."""
         return device_stats(self.name, self.device, self.dtype)
 
     def _predict_page(self, page: PageImage, prompt: str) -> Prediction:
@@ -322,6 +328,7 @@ def _watch_generate(model, limit: int, record: Callable[[list[int] | None], None
         return
 
     def generate(*args, **kwargs):
+        """The remote code's call, with its token limit capped and the new ids of its one row recorded."""
         kwargs["max_new_tokens"] = min(int(kwargs.get("max_new_tokens") or limit), limit)
         output = original(*args, **kwargs)
         prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))

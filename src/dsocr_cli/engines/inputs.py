@@ -58,10 +58,12 @@ def prepared(
     errors: list[tuple[PageImage, Exception]] = []
 
     def failed() -> Iterator[tuple[PageImage, Exception]]:
+        """The pages whose inputs failed since the last call; call it again as more pages go by."""
         while errors:
             yield errors.pop(0)
 
     def ready() -> Iterator[PageImage]:
+        """Prepared pages in input order; a page that cannot be prepared is set aside for `failed`."""
         source = iter(pages)
         window: collections.deque = collections.deque()
         exhausted = False

@@ -17,6 +17,8 @@ from dsocr_cli.types import PageImage, Prediction
 
 
 class ReplayEngine:
+    """Each page's recorded raw output, with its recorded tokens and finish, in no time."""
+
     name = "replay"
     device = "cpu"
 
@@ -25,6 +27,7 @@ class ReplayEngine:
         self.batch_size = batch_size
 
     def predict(self, pages: Sequence[PageImage], prompt: str, strict: bool = False) -> list[Prediction]:
+        """A page with no recorded output raises, which fails its document alone; `strict` changes nothing."""
         return [self._one(page) for page in pages]
 
     def _one(self, page: PageImage) -> Prediction:
@@ -47,6 +50,7 @@ class ReplayEngine:
 
 
 def load(options: EngineOptions) -> ReplayEngine:
+    """The `--engine replay` factory: --model names the earlier output folder."""
     folder = Path(options.model).expanduser()
     if not folder.is_dir():
         raise SetupError(f"--engine replay: {options.model} is not a folder", "pass an earlier -o folder as --model")

@@ -24,6 +24,8 @@ class FoldedSamAttention(modeling.DeepseekOcr2SamVisionAttention):
     """transformers' SAM attention with the bias folded into SDPA's dot product (same weights)."""
 
     def forward(self, hidden_states: torch.Tensor, output_attentions=None) -> tuple[torch.Tensor, None]:
+        """Same arguments and output as transformers' forward, but attention weights are never returned
+        (SDPA does not make them)."""
         batch, height, width, _ = hidden_states.shape
         heads = self.num_attention_heads
         qkv = self.qkv(hidden_states).reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)

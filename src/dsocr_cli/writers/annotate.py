@@ -23,6 +23,8 @@ PALETTE = {
 
 
 def label_colour(label: str) -> tuple[int, int, int]:
+    """The palette's colour, else one derived from the label's name (md5, not `hash`), so any label keeps
+    one colour across pages and runs."""
     if label in PALETTE:
         return PALETTE[label]
     digest = hashlib.md5(label.encode("utf-8")).digest()

@@ -25,6 +25,8 @@ def _round_box(box) -> list[float]:
 
 
 def block_record(block: Block, scale: float, is_pdf: bool, figures: list[str]) -> dict:
+    """One block for document.json; a PDF's boxes are also given in PDF points, for tools working on
+    the PDF itself."""
     record = {
         "order": block.order,
         "label": block.label,
@@ -39,6 +41,8 @@ def block_record(block: Block, scale: float, is_pdf: bool, figures: list[str]) -
 
 
 def page_record(result: PageResult, files: dict[str, str], figures: dict[int, list[str]]) -> dict:
+    """One page for document.json. `files` and `figures` are relative to the document's folder, so a
+    tree stays valid when it is moved."""
     page, pred = result.page, result.prediction
     is_pdf = page.source.kind == "pdf"
     width, height = page.size
@@ -59,6 +63,8 @@ def page_record(result: PageResult, files: dict[str, str], figures: dict[int, li
 
 
 def document_record(source: Source, fingerprint: dict, settings: dict, pages: list[dict], seconds: float) -> dict:
+    """document.json. Its source fingerprint and settings are what resume compares: a changed input
+    or setting redoes the document."""
     return {
         "schema": DOCUMENT_SCHEMA,
         "source": {"path": show_path(source.path), "kind": source.kind, "key": source.key, **fingerprint},

@@ -42,10 +42,12 @@ def current_umask() -> int:
 
 
 def write_text(path: Path, text: str) -> None:
+    """UTF-8 text, whole or not at all (see `write_bytes`)."""
     write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: Path, value) -> None:
+    """Indented, with non-ASCII text kept readable; whole or not at all."""
     write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 

@@ -14,12 +14,16 @@ LOCK_NAME = ".dsocr.lock"
 
 
 class OutputLock:
+    """Held for a whole run (and by `dsocr report`), so two processes never write one OUT tree."""
+
     def __init__(self, out: Path, wait: bool = False):
         self.path = out / LOCK_NAME
         self.wait = wait
         self.fd: int | None = None
 
     def acquire(self) -> OutputLock:
+        """Take the lock, or queue for it with `wait`, else raise LockedError naming the holder: each
+        holder writes its pid and start time into the file for that message."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every output file
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
@@ -36,6 +40,8 @@ class OutputLock:
         return self
 
     def release(self) -> None:
+        """Unlock and empty the holder line; a second call does nothing. The file stays: deleting it
+        would let a run waiting on the old file and a new one both hold a lock."""
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)

@@ -287,6 +287,8 @@ def raw_outputs(folder: Path, record: dict) -> dict[int, str]:
 
 
 def write_document_view(folder: Path, record: dict, raw: dict[int, str], key: str) -> Path:
+    """OUT/<key>/report.html from a record and its raw outputs: at commit, and from the tree alone by
+    `write_report`."""
     path = folder / REPORT_NAME
     write_text(path, document_view(record, raw, key))
     return path

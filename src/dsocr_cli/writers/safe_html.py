@@ -29,6 +29,8 @@ class _TableRebuilder(HTMLParser):
         self.open: list[str] = []
 
     def handle_starttag(self, tag, attrs):
+        """An allowed tag is kept with its numeric spans alone and left open to be balanced; any
+        other shows as the text the model wrote."""
         if tag in VOID_TAGS:
             self.out.append(f"<{tag}>")
         elif tag in TABLE_TAGS:
@@ -43,12 +45,15 @@ class _TableRebuilder(HTMLParser):
             self.out.append(escape(self.get_starttag_text() or f"<{tag}>", quote=False))
 
     def handle_startendtag(self, tag, attrs):
+        """`<br/>` stays a line break; any other self-closed tag shows as text."""
         if tag in VOID_TAGS:
             self.out.append(f"<{tag}>")
         else:
             self.out.append(escape(self.get_starttag_text() or f"<{tag}/>", quote=False))
 
     def handle_endtag(self, tag):
+        """Closes every tag opened since the matching one, so the markup stays balanced; an end tag
+        with no open match is dropped, a foreign one shows as text."""
         if tag not in TABLE_TAGS:
             self.out.append(escape(f"</{tag}>", quote=False))
             return
@@ -61,9 +66,11 @@ class _TableRebuilder(HTMLParser):
                 break
 
     def handle_data(self, data):
+        """Text is always escaped."""
         self.out.append(escape(data))
 
     def result(self) -> str:
+        """The rebuilt markup, with every tag the model left open closed."""
         self.close()
         return "".join(self.out) + "".join(f"</{tag}>" for tag in reversed(self.open))
 

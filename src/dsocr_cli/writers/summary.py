@@ -11,6 +11,8 @@ SUMMARY_SCHEMA = "dsocr.summary/1"
 
 
 def summary_record(summary: RunSummary, rejected: list[Rejected], settings: dict, exit_code: int) -> dict:
+    """summary.json (and --json): counts, throughput and one item per input, the rejected arguments
+    listed after the documents."""
     seconds = summary.seconds or 1e-9
     items = [
         {

@@ -17,13 +17,15 @@ reader never sees a half-written document and a crash leaves nothing that looks 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
 import threading
 import uuid
-from concurrent.futures import Future
+from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from dsocr_cli.errors import SetupError, show_path
@@ -41,6 +43,7 @@ from dsocr_cli.writers.pdf import PageText
 log = logging.getLogger(__name__)
 
 STAGING = ".dsocr-staging"
+MAX_PENDING_WRITES = 8  # per document: bounds the page files held while they are written
 
 
 def prepare_out(out: Path) -> Path:
@@ -107,6 +110,7 @@ class DocumentFolder:
         source: Source,
         options: OutputOptions | None = None,
         password: str | None = None,
+        encoder: Executor | None = None,
         painter: Painter | None = None,
     ):
         self.out = out
@@ -119,6 +123,8 @@ class DocumentFolder:
         self.markdown: dict[int, str] = {}
         self.texts: dict[int, PageText] = {}  # per page, for the searchable PDF
         self.raw: dict[int, str] = {}  # raw model output by page number, for the report's view
+        self.encoder = encoder  # writes the page files off the main thread
+        self.pending: deque[Future] = deque()
         self.painter = painter or Painter(processes=0)
         self.jobs: list[Future] = []  # the pages' images and the document's PDFs being made
         self.lock = threading.Lock()  # the final rename against an abort from another thread
@@ -148,8 +154,8 @@ class DocumentFolder:
         if self.options.report:
             files["plain"] = f"pages/{stem}.plain.jpg"
             self.raw[page.number] = result.prediction.text
-        write_text(self.staging / files["markdown"], page_markdown)
-        write_text(self.staging / files["raw"], result.prediction.text)
+        self._in_background(write_text, self.staging / files["markdown"], page_markdown)
+        self._in_background(write_text, self.staging / files["raw"], result.prediction.text)
         painted = [(name, box) for _, name, box in crops]
         if getattr(page, "inputs", None) is not None:  # the painter needs the pixels, not the model's inputs
             result = dataclasses.replace(result, page=dataclasses.replace(page, inputs=None))
@@ -160,9 +166,25 @@ class DocumentFolder:
         if self.options.searchable_pdf:
             self.texts[page.index] = PageText.from_result(result)
 
+    def _in_background(self, write, *args) -> None:
+        """The engine waits while the main thread writes, so a page's files (each written whole and
+        flushed to disk) are written by worker threads; a few at most are in flight, and commit
+        waits for them."""
+        if self.encoder is None:
+            write(*args)
+            return
+        while len(self.pending) >= MAX_PENDING_WRITES:
+            self.pending.popleft().result()
+        self.pending.append(self.encoder.submit(write, *args))
+
+    def _wait_for_writes(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
     def commit(self, fingerprint: dict, settings: dict, seconds: float) -> list[str]:
-        """Write document.md and document.json, wait for the painter's files and PDFs, then move
-        the folder into place. Returns its files."""
+        """Write document.md and document.json, wait for the page files, the painter's files and
+        the PDFs, then move the folder into place. Returns its files."""
+        self._wait_for_writes()
         order = sorted(self.pages)
         painting = list(self.jobs)
         if self.options.searchable_pdf:  # queued first: it needs nothing the painter is still writing
@@ -207,6 +229,8 @@ class DocumentFolder:
         on another thread will not move it into place."""
         with self.lock:
             self.aborted = True
+        with contextlib.suppress(Exception):
+            self._wait_for_writes()
         self.painter.cancel(self.jobs)
         shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -220,18 +244,20 @@ class TreeOutput:
         self.password = password
         self.lock = OutputLock(self.out, wait=self.options.wait).acquire()
         clear_debris(self.out)
+        self.encoder = ThreadPoolExecutor(2, thread_name_prefix="dsocr-write")
         self.painter = Painter()
 
     def is_done(self, source: Source, settings: dict) -> bool:
         return not self.options.force and is_done(self.out.joinpath(*source.key.split("/")), source, settings)
 
     def close(self) -> None:
+        self.encoder.shutdown(wait=True)
         self.painter.close()
         self.lock.release()
 
     def open(self, source: Source) -> DocumentFolder:
         self.painter.start()  # while the first document renders and runs through the engine
-        return DocumentFolder(self.out, source, self.options, self.password, self.painter)
+        return DocumentFolder(self.out, source, self.options, self.password, self.encoder, self.painter)
 
     def finished(self, result, sink) -> None:
         pass
