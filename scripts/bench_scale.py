@@ -3,9 +3,11 @@
 
 Generates PDFs of realistic pages (a title, 12 text blocks, a table and a figure each) and runs
     gpu-1, gpu-2   the model (--model DIR) at --workers 1 and --workers 2: pages/s and the speed-up
-    driver         the replay engine (no model) with every output on (crops, annotated pages,
-                   layout.pdf, searchable.pdf) and two replay workers (reading recorded output
-                   costs them nothing): the driver's ceiling, with every other core painting pages
+    driver         the replay engine (no model) with every output on (crops, annotated pages, the
+                   report, layout.pdf, searchable.pdf) and two replay workers (reading recorded
+                   output costs them nothing): the driver's ceiling, the whole pipeline on all the
+                   machine's cores; with gpu-1 in the same call (or --one-gpu PAGES_PER_S) its line
+                   says how many GPUs' pages/s one driver sustains (`x_one_gpu`)
 
 Needs only dsocr's own dependencies and, for gpu-*, a model folder (for example the random-weight
 full-size checkpoint `scripts/bench.py --build DIR` writes, or `dsocr selftest --save-model DIR`).
@@ -120,7 +122,8 @@ def make_corpus(folder: Path, pages: int, per_document: int) -> Path:
 
 def run_dsocr(args: list[str], env: dict) -> dict:
     """The real command, watched from outside: wall seconds, and the main process's peak RSS and
-    CPU seconds (the driver's own cost, which a busy machine does not inflate as it does time)."""
+    CPU seconds (the driver's own cost, which a busy machine does not inflate as it does time):
+    all its threads, and its main thread alone (the one that must keep up with every GPU)."""
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "dsocr_cli", *args],
@@ -129,15 +132,14 @@ def run_dsocr(args: list[str], env: dict) -> dict:
         text=True,
         env=env,
     )
-    peak, cpu = 0.0, 0.0
+    peak, cpu, main_cpu = 0.0, 0.0, 0.0
     proc = Path(f"/proc/{process.pid}")
-    tick = os.sysconf("SC_CLK_TCK")
     while process.poll() is None:
         try:
             rss = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("VmRSS:"))
             peak = max(peak, int(rss.split()[1]) / 1024)
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            cpu = (int(fields[11]) + int(fields[12])) / tick
+            cpu = cpu_seconds(proc / "stat")
+            main_cpu = cpu_seconds(proc / "task" / str(process.pid) / "stat")
         except (OSError, StopIteration, IndexError):
             pass
         time.sleep(0.2)
@@ -146,8 +148,15 @@ def run_dsocr(args: list[str], env: dict) -> dict:
         "seconds": round(time.perf_counter() - started, 2),
         "driver_peak_rss_mb": round(peak),
         "driver_cpu_seconds": round(cpu, 1),
+        "driver_main_thread_cpu_seconds": round(main_cpu, 1),
         "stderr": process.stderr.read()[-2000:],
     }
+
+
+def cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds of a process or thread, from its /proc stat file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def configuration(name: str, corpus: Path, options) -> tuple[list[str], int]:
@@ -170,6 +179,7 @@ def main() -> None:
     parser.add_argument("--per-document", type=int, default=20, help="pages per generated PDF")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=2, help="replay workers for the driver configuration")
+    parser.add_argument("--one-gpu", type=float, help="one GPU's pages/s, for x_one_gpu when gpu-1 is not run")
     parser.add_argument("--folder", type=Path, help="keep the corpus and outputs here (default: a temporary one)")
     parser.add_argument("dsocr_args", nargs="*", help="more dsocr flags for the gpu-* runs (after --)")
     options = parser.parse_args()
@@ -180,8 +190,10 @@ def main() -> None:
     started = time.perf_counter()
     corpus = make_corpus(folder, options.pages, options.per_document)
     made = round(time.perf_counter() - started, 1)
-    print(json.dumps({"corpus": str(folder), "pages": options.pages, "seconds": made}))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(json.dumps({"corpus": str(folder), "pages": options.pages, "seconds": made, "cores": cores}))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    one_gpu = options.one_gpu
     for name in configs:
         args, workers = configuration(name, corpus, options)
         line = {"config": name, "workers": workers, **run_dsocr(args, env)}
@@ -194,8 +206,15 @@ def main() -> None:
                 tokens_per_second=record["tokens_per_second"],
                 run_seconds=record["seconds"],
                 driver_cpu_ms_per_page=round(1000 * line["driver_cpu_seconds"] / max(1, record["pages"]), 1),
+                driver_main_thread_cpu_ms_per_page=round(
+                    1000 * line["driver_main_thread_cpu_seconds"] / max(1, record["pages"]), 1
+                ),
                 workers_detail=record.get("engine", {}).get("workers"),
             )
+            if name == "gpu-1":
+                one_gpu = record["pages_per_second"]
+            if name == "driver" and one_gpu:
+                line["x_one_gpu"] = round(record["pages_per_second"] / one_gpu, 2)
         if line["exit_code"] == 0:
             del line["stderr"]
         print(json.dumps(line), flush=True)

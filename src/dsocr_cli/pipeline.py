@@ -2,6 +2,10 @@
 
 `run` raises nothing for a bad document: each ends as done or failed in the RunSummary, and the
 exit code is decided from the summary after the run. Only setup errors and interrupts escape.
+
+A document whose pages are all in is committed on a background thread (its sink waits there for the
+files and PDFs the writers' processes make), so the engine is fed while documents are written; the
+outcome is recorded from the main thread once the commit ends.
 """
 
 from __future__ import annotations
@@ -9,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +31,8 @@ from dsocr_cli.schedule import Batcher, Failed, Rendered, Started, page_stream
 from dsocr_cli.types import DocumentResult, PageImage, PageResult, Prediction, RunSummary, Source
 
 log = logging.getLogger(__name__)
+
+COMMITTERS = 8  # documents committed at once in the background; the next waits for the oldest
 
 
 class DocumentSink(Protocol):
@@ -70,6 +79,13 @@ class _OpenDocument:
     pages: list[PageResult] = field(default_factory=list)
 
 
+@dataclass
+class _Committing:
+    doc: _OpenDocument
+    seconds: float
+    future: Future  # the sink's commit: its output files, or why it failed
+
+
 class Pipeline:
     """Drives one run: pages to the engine, predictions to their documents' sinks, each outcome to the
     summary and the events. One instance per run."""
@@ -84,22 +100,28 @@ class Pipeline:
         self.summary = RunSummary()
         self.batcher: Batcher | None = None
         self.closed: set[Source] = set()  # documents with a result: each input is reported once
+        self.committing: deque[_Committing] = deque()
+        self.committer: ThreadPoolExecutor | None = None
 
     def run(self, sources: Sequence[Source]) -> RunSummary:
         """Every source ends in the summary as done, skipped or failed. Only setup errors and interrupts
         raise, after the open documents are aborted."""
         started = time.perf_counter()
+        self.committer = ThreadPoolExecutor(COMMITTERS, thread_name_prefix="dsocr-commit")
         try:
             if getattr(self.engine, "continuous", False):
                 self._run_continuous(sources)
             else:
                 self._run_batches(sources)
+            self._settle(keep=0)
         except (KeyboardInterrupt, DsocrError) as exc:
             self.summary.interrupted = isinstance(exc, KeyboardInterrupt)
             for doc in list(self.open.values()):
                 doc.sink.abort()
+            self._abandon_commits()
             raise
         finally:
+            self.committer.shutdown(wait=True)
             self.summary.seconds = time.perf_counter() - started
             self.events.run_finished()
         return self.summary
@@ -261,19 +283,47 @@ class Pipeline:
             return self._predict(batch[:half], prompt, strict) + self._predict(batch[half:], prompt, strict)
 
     def _maybe_commit(self, doc: _OpenDocument) -> None:
+        self._settle(keep=COMMITTERS)
         if doc.expected is None or len(doc.pages) < doc.expected:
             return
         del self.open[doc.source]
         seconds = time.perf_counter() - doc.started
+        future = self.committer.submit(doc.sink.commit, doc.fingerprint, self.settings, seconds)
+        self.committing.append(_Committing(doc, seconds, future))
+
+    def _settle(self, keep: int) -> None:
+        """Record every document whose commit has ended, first waiting for the oldest while more
+        than `keep` are still being written."""
+        while len(self.committing) > keep:
+            self._committed(self.committing.popleft())
+        for commit in [c for c in self.committing if c.future.done()]:
+            self.committing.remove(commit)
+            self._committed(commit)
+
+    def _committed(self, commit: _Committing) -> None:
+        doc = commit.doc
         try:
-            outputs = doc.sink.commit(doc.fingerprint, self.settings, seconds)
+            outputs = commit.future.result()
         except Exception as exc:  # a full disk, an unwritable name: this document fails, the run goes on
             log.debug("writing %s failed", doc.source.key, exc_info=True)
             doc.sink.abort()
             self._record(DocumentResult(doc.source, "failed", reason="output", message=_one_line(exc)), doc.sink)
             return
         pages = tuple(sorted(doc.pages, key=lambda p: p.page.index))
-        self._record(DocumentResult(doc.source, "done", pages, seconds=seconds, outputs=tuple(outputs)), doc.sink)
+        result = DocumentResult(doc.source, "done", pages, seconds=commit.seconds, outputs=tuple(outputs))
+        self._record(result, doc.sink)
+
+    def _abandon_commits(self) -> None:
+        """On an interrupt, documents still being committed are aborted; one whose folder was
+        already moved into place is recorded as done."""
+        for commit in self.committing:
+            commit.future.cancel()
+            commit.doc.sink.abort()
+        wait_all([c.future for c in self.committing])
+        for commit in self.committing:
+            if not commit.future.cancelled() and commit.future.exception() is None:
+                self._committed(commit)
+        self.committing.clear()
 
     def _fail(self, source: Source, reason: str, message: str) -> None:
         if source in self.closed:  # already reported (e.g. unreadable before its render failed too)

@@ -1,9 +1,11 @@
-"""A page's image outputs, the annotated JPEG and the figure crops (PDF figures re-rendered at
---figure-dpi and PNG-encoded), made in a process pool: they cost more CPU than the rest of the
-pipeline's main process put together, and with several GPUs that process must keep up with all.
+"""The outputs that cost CPU, made in a process pool: each page's images (the annotated JPEG, the
+figure crops, PDF figures re-rendered at --figure-dpi and PNG-encoded, and the report's plain page
+JPEG) and each document's layout.pdf and searchable.pdf (writers/pdf_files.py). They cost more CPU
+than the rest of the pipeline's main process put together, and with several GPUs that process must
+keep up with all of them.
 
 The files go into the document's staging folder like every other output; the document is
-committed only once all of its pages' images are written (`Painter.wait`).
+committed only once all of its jobs have written theirs (`Painter.wait`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import signal
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -32,11 +35,15 @@ def paint_page(
     crops: list[tuple[str, Box]],
     figure_dpi: float,
     password: str | None,
+    plain: str | None = None,
 ) -> None:
-    """Write the annotated page and each figure crop (name, box in page-image pixels) under `staging`."""
+    """Write the annotated page, each figure crop (name, box in page-image pixels) and, when `plain`
+    names it, the page as the model saw it, under `staging`."""
     for name, box in crops:
         save_image(figure(result, box, figure_dpi, password), staging / name, "PNG")
     save_image(annotate(result.page.image, result.parsed.blocks), staging / annotated, "JPEG")
+    if plain is not None:
+        save_image(result.page.image, staging / plain, "JPEG")
 
 
 def figure(result: PageResult, box: Box, figure_dpi: float, password: str | None):
@@ -59,29 +66,46 @@ def save_image(image, path: Path, fmt: str) -> None:
 
 
 class Painter:
-    """Runs `paint_page` in worker processes, at most `ahead` pages queued per process so page
-    images never pile up in memory; `processes=0` paints in this process (the same files)."""
+    """Runs writing jobs (`paint_page`, the document PDFs) in worker processes, at most `ahead` jobs
+    queued per process so page images never pile up in memory; `processes=0` runs them in this
+    process (the same files). Pages are submitted by the main thread and document jobs by the
+    threads that commit, so submitting is serialised."""
 
     def __init__(self, processes: int | None = None, ahead: int = 4):
         self.processes = max(1, (os.cpu_count() or 2) - 1) if processes is None else processes
         self.limit = max(1, self.processes * ahead)
         self.executor: ProcessPoolExecutor | None = None
         self.pending: deque[Future] = deque()
+        self.lock = threading.Lock()
 
-    def submit(self, *args) -> Future:
-        """Queue one page's images; waits for the oldest page while too many are queued."""
+    def submit(self, job: Callable[..., None], *args) -> Future:
+        """Queue one job; while too many are queued, waits for one of them to end."""
         if self.processes == 0:
             done: Future = Future()
             try:
-                done.set_result(paint_page(*args))
+                done.set_result(job(*args))
             except Exception as exc:
                 done.set_exception(exc)
             return done
-        while len(self.pending) >= self.limit:
-            self.pending.popleft().exception()  # its document sees the outcome through its own future
-        future = self._executor().submit(paint_page, *args)
-        self.pending.append(future)
-        return future
+        with self.lock:
+            while len(self.pending) >= self.limit:  # any job ending makes room: a long PDF holds up no page
+                wait(self.pending, return_when=FIRST_COMPLETED)
+                self.pending = deque(f for f in self.pending if not f.done())  # each document sees its own outcome
+            future = self._executor().submit(job, *args)
+            self.pending.append(future)
+            return future
+
+    def start(self) -> None:
+        """Spawn the processes now (they take seconds to import), so that the first pages and the
+        first commit do not wait for them."""
+        if self.processes == 0:
+            return
+        with self.lock:
+            if self.executor is not None:
+                return
+            executor = self._executor()
+            for _ in range(self.processes):  # a process is spawned for each job no idle one can take
+                executor.submit(_ready)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self.executor is None or getattr(self.executor, "_broken", False):  # a killed process breaks the pool
@@ -98,7 +122,7 @@ class Painter:
         errors = [f.exception() for f in futures]
         first = next((e for e in errors if e is not None), None)
         if isinstance(first, BrokenProcessPool):
-            raise OSError("the process writing page images died") from first
+            raise OSError("the process writing page images or PDFs died") from first
         if first is not None:
             raise first
 
@@ -112,9 +136,14 @@ class Painter:
                 future.exception()
 
     def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
+        with self.lock:
+            if self.executor is not None:
+                self.executor.shutdown(wait=True, cancel_futures=True)
+                self.executor = None
+
+
+def _ready() -> None:
+    """The job that makes a process start."""
 
 
 def _as_helper(parent: int) -> None:

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import threading
 import uuid
 from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -33,15 +34,16 @@ from dsocr_cli.options import OutputOptions
 from dsocr_cli.render import fingerprint
 from dsocr_cli.types import Block, Box, PageResult, Source
 from dsocr_cli.writers import document as docjson
-from dsocr_cli.writers import report
-from dsocr_cli.writers.files import replace_dir, write_bytes, write_json, write_text
-from dsocr_cli.writers.images import Painter, save_image
+from dsocr_cli.writers import pdf_files, report
+from dsocr_cli.writers.files import replace_dir, write_json, write_text
+from dsocr_cli.writers.images import Painter, paint_page
 from dsocr_cli.writers.lock import OutputLock
+from dsocr_cli.writers.pdf import PageText
 
 log = logging.getLogger(__name__)
 
 STAGING = ".dsocr-staging"
-MAX_PENDING_WRITES = 8  # per document: bounds the page files (and images) held while they are written
+MAX_PENDING_WRITES = 8  # per document: bounds the page files held while they are written
 
 
 def prepare_out(out: Path) -> Path:
@@ -96,7 +98,11 @@ def figure_crops(result: PageResult, stem: str) -> list[tuple[int, str, Box]]:
 
 
 class DocumentFolder:
-    """Writes one document's files into staging as its pages arrive; `commit` moves them into place."""
+    """Writes one document's files into staging as its pages arrive; `commit` moves them into place.
+
+    `commit` may run on another thread than `add_page` (the pipeline commits in the background),
+    and `abort` may come from the main thread while it runs: the final rename happens only if the
+    document was not aborted, so an aborted document leaves nothing in the tree."""
 
     def __init__(
         self,
@@ -115,16 +121,18 @@ class DocumentFolder:
         self.staging = out / STAGING / uuid.uuid4().hex
         self.pages: dict[int, dict] = {}
         self.markdown: dict[int, str] = {}
-        self.texts: dict[int, object] = {}  # PageText per page, for the searchable PDF
+        self.texts: dict[int, PageText] = {}  # per page, for the searchable PDF
         self.raw: dict[int, str] = {}  # raw model output by page number, for the report's view
-        self.encoder = encoder  # writes page files and encodes the report's plain images off the main thread
+        self.encoder = encoder  # writes the page files off the main thread
         self.pending: deque[Future] = deque()
         self.painter = painter or Painter(processes=0)
-        self.painting: list = []  # the pages' annotated images and figure crops being made (Futures)
+        self.jobs: list[Future] = []  # the pages' images and the document's PDFs being made
+        self.lock = threading.Lock()  # the final rename against an abort from another thread
+        self.aborted = False
 
     def add_page(self, result: PageResult) -> None:
-        """Write the page's markdown and raw output; its annotated image and figure crops are
-        made by the painter's processes and waited for at commit."""
+        """Write the page's markdown and raw output; its images are made by the painter's
+        processes and waited for at commit."""
         page = result.page
         stem = f"{page.number:04d}"
         crops = figure_crops(result, stem)
@@ -143,28 +151,25 @@ class DocumentFolder:
             "raw": f"pages/{stem}.raw.md",
             "annotated": f"pages/{stem}.jpg",
         }
+        if self.options.report:
+            files["plain"] = f"pages/{stem}.plain.jpg"
+            self.raw[page.number] = result.prediction.text
         self._in_background(write_text, self.staging / files["markdown"], page_markdown)
         self._in_background(write_text, self.staging / files["raw"], result.prediction.text)
         painted = [(name, box) for _, name, box in crops]
         if getattr(page, "inputs", None) is not None:  # the painter needs the pixels, not the model's inputs
             result = dataclasses.replace(result, page=dataclasses.replace(page, inputs=None))
         args = (result, self.staging, files["annotated"], painted, self.options.figure_dpi, self.password)
-        self.painting.append(self.painter.submit(*args))
-        if self.options.report:
-            files["plain"] = f"pages/{stem}.plain.jpg"
-            self._in_background(save_image, page.image, self.staging / files["plain"], "JPEG")
-            self.raw[page.number] = result.prediction.text
+        self.jobs.append(self.painter.submit(paint_page, *args, files.get("plain")))
         self.pages[page.index] = docjson.page_record(result, files, links)
         self.markdown[page.index] = markdown
         if self.options.searchable_pdf:
-            from dsocr_cli.writers.pdf import PageText
-
             self.texts[page.index] = PageText.from_result(result)
 
     def _in_background(self, write, *args) -> None:
         """The engine waits while the main thread writes, so a page's files (each written whole and
-        flushed to disk) and the report's plain image are written by worker threads; a few at most
-        are in flight, and commit waits for them."""
+        flushed to disk) are written by worker threads; a few at most are in flight, and commit
+        waits for them."""
         if self.encoder is None:
             write(*args)
             return
@@ -177,49 +182,56 @@ class DocumentFolder:
             self.pending.popleft().result()
 
     def commit(self, fingerprint: dict, settings: dict, seconds: float) -> list[str]:
-        """Write document.md and document.json, then move the folder into place. Returns its files."""
+        """Write document.md and document.json, wait for the page files, the painter's files and
+        the PDFs, then move the folder into place. Returns its files."""
         self._wait_for_writes()
-        self.painter.wait(self.painting)
         order = sorted(self.pages)
+        painting = list(self.jobs)
+        if self.options.searchable_pdf:  # queued first: it needs nothing the painter is still writing
+            texts = [self.texts[i] for i in order]
+            args = (self.staging, self.source.path, self.source.kind, texts, self.password)
+            self._queue(pdf_files.write_searchable_pdf, *args)
         joined = docjson.join_pages([(i + 1, self.markdown[i]) for i in order])
         write_text(self.staging / "document.md", joined)
         record = docjson.document_record(self.source, fingerprint, settings, [self.pages[i] for i in order], seconds)
         write_json(self.staging / "document.json", record)
-        names = ["document.md", "document.json"] + self._pdfs(order)
         if self.options.report:
             report.write_document_view(self.staging, record, self.raw, self.source.key)
-            names.append(report.REPORT_NAME)
-        self.staging.mkdir(parents=True, exist_ok=True)
-        replace_dir(self.staging, self.final)
-        return [str(self.final / name) for name in names]
-
-    def _pdfs(self, order: list[int]) -> list[str]:
-        """layout.pdf from the annotated pages written so far, searchable.pdf from the text layer."""
-        from PIL import Image
-
-        from dsocr_cli.writers import pdf
-
-        names = []
-        if self.options.layout_pdf:
-            images = []
-            for i in order:
-                with Image.open(self.staging / self.pages[i]["files"]["annotated"]) as image:
-                    images.append(image.copy())
+        if self.options.layout_pdf:  # made from the annotated pages, once they are written
+            self.painter.wait(painting)
+            annotated = [self.pages[i]["files"]["annotated"] for i in order]
             dpi = self.pages[order[0]]["dpi"] or 144.0
-            write_bytes(self.staging / "layout.pdf", pdf.layout_pdf(images, dpi=dpi))
-            names.append("layout.pdf")
-        if self.options.searchable_pdf:
-            data = pdf.searchable_pdf(
-                self.source.path, self.source.kind, [self.texts[i] for i in order], password=self.password
-            )
-            write_bytes(self.staging / "searchable.pdf", data)
-            names.append("searchable.pdf")
-        return names
+            self._queue(pdf_files.write_layout_pdf, self.staging, annotated, dpi)
+        self.painter.wait(self.jobs)
+        with self.lock:
+            if self.aborted:
+                raise OSError("aborted before it was committed")
+            self.staging.mkdir(parents=True, exist_ok=True)
+            replace_dir(self.staging, self.final)
+        return [str(self.final / name) for name in self._names()]
+
+    def _queue(self, job, *args) -> None:
+        """A document job for the painter, unless the document was aborted meanwhile."""
+        with self.lock:
+            if self.aborted:
+                raise OSError("aborted before it was committed")
+            self.jobs.append(self.painter.submit(job, *args))
+
+    def _names(self) -> list[str]:
+        """The document's files besides its pages' own, as run summaries list them."""
+        names = ["document.md", "document.json"]
+        names += [pdf_files.LAYOUT_NAME] if self.options.layout_pdf else []
+        names += [pdf_files.SEARCHABLE_NAME] if self.options.searchable_pdf else []
+        return names + ([report.REPORT_NAME] if self.options.report else [])
 
     def abort(self) -> None:
+        """Drop the document: queued jobs are cancelled, staging is removed, and a commit running
+        on another thread will not move it into place."""
+        with self.lock:
+            self.aborted = True
         with contextlib.suppress(Exception):
             self._wait_for_writes()
-        self.painter.cancel(self.painting)
+        self.painter.cancel(self.jobs)
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -239,12 +251,12 @@ class TreeOutput:
         return not self.options.force and is_done(self.out.joinpath(*source.key.split("/")), source, settings)
 
     def close(self) -> None:
-        if self.encoder is not None:
-            self.encoder.shutdown(wait=True)
+        self.encoder.shutdown(wait=True)
         self.painter.close()
         self.lock.release()
 
     def open(self, source: Source) -> DocumentFolder:
+        self.painter.start()  # while the first document renders and runs through the engine
         return DocumentFolder(self.out, source, self.options, self.password, self.encoder, self.painter)
 
     def finished(self, result, sink) -> None:
