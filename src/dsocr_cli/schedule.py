@@ -27,6 +27,8 @@ from dsocr_cli.types import PageImage, Source
 
 @dataclass(frozen=True)
 class Started:
+    """A document is about to render: the consumer opens its output (and fingerprints the input) first."""
+
     source: Source
 
 
@@ -40,6 +42,8 @@ class Rendered:
 
 @dataclass(frozen=True)
 class Failed:
+    """A document could not be rendered (or its renderer died); no more of its pages follow."""
+
     source: Source
     error: InputError
 
@@ -87,6 +91,7 @@ class RenderPool:
         self.workers: list[RenderWorker] = []
 
     def stream(self, sources: Iterator[Source]) -> Iterator[Item]:
+        """Items of every document as workers produce them; a worker's death reads as its document's Failed."""
         while True:
             yield from self._dispatch(sources)
             busy = {w.conn: w for w in self.workers if w.source is not None}
@@ -116,6 +121,7 @@ class RenderPool:
         return idle
 
     def close(self) -> None:
+        """End every worker, busy or not: the run is over or interrupted."""
         for worker in self.workers:
             worker.kill()
         for worker in self.workers:
@@ -146,9 +152,11 @@ class RenderWorker:
 
     @property
     def alive(self) -> bool:
+        """Whether the process still runs (a dead idle worker is dropped, not reused)."""
         return self.process.is_alive()
 
     def begin(self, source: Source) -> None:
+        """Hand the worker its next document; a worker that just died is found by `receive`."""
         self.source, self.pages = source, 0
         with contextlib.suppress(OSError):  # it died this instant: receive() reads the EOF and reports the loss
             self.conn.send(source)
@@ -184,10 +192,12 @@ class RenderWorker:
         return Failed(source, InputError(f"{name}: {why}", "render-crash"))
 
     def kill(self) -> None:
+        """End the process at once (SIGKILL): its state is unknown or no longer wanted."""
         if self.process.is_alive():
             self.process.kill()
 
     def join(self) -> None:
+        """Reap the process and close the parent's end of the pipe."""
         self.process.join(timeout=5)
         self.conn.close()
 
@@ -280,12 +290,15 @@ class Batcher:
         self.pending: list[PageImage] = []
 
     def add(self, page: PageImage) -> list[PageImage] | None:
+        """Add a page; returns a full batch when there is one."""
         self.pending.append(page)
         return self.take() if len(self.pending) >= self.size else None
 
     def drop(self, source: Source) -> None:
+        """Forget the waiting pages of a document that failed: they would be predicted for nothing."""
         self.pending = [p for p in self.pending if p.source != source]
 
     def take(self) -> list[PageImage]:
+        """The next batch, full or not (the end of the input)."""
         batch, self.pending = self.pending[: self.size], self.pending[self.size :]
         return batch

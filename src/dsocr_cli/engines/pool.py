@@ -52,12 +52,19 @@ class WorkersGone(DsocrError):
 class Launcher(Protocol):
     """Starts one worker for a slot and returns the driver's end of its connection and a handle."""
 
-    def launch(self, slot: int) -> tuple[Connection, object]: ...
-    def stop(self, handle: object, grace: float) -> None: ...
+    def launch(self, slot: int) -> tuple[Connection, object]:
+        """Start worker `slot`; returns the driver's end of its connection and a handle for `stop`."""
+        ...
+
+    def stop(self, handle: object, grace: float) -> None:
+        """Let the worker exit within `grace` seconds, then end it."""
+        ...
 
 
 @dataclass(eq=False)
 class Job:
+    """One page handed to the pool, followed until its outcome comes back (from whichever worker)."""
+
     id: int
     page: PageImage
     prompt: str
@@ -66,11 +73,14 @@ class Job:
     deaths: int = 0  # workers that died while holding it
 
     def message(self) -> tuple:
+        """What travels to the worker: plain values only."""
         return (self.id, self.page, self.prompt, self.strict)
 
 
 @dataclass(eq=False)
 class Worker:
+    """The driver's view of one worker: its connection, what it holds and what it asked for."""
+
     slot: int
     conn: Connection | None = None
     handle: object = None
@@ -383,6 +393,7 @@ class ProcessLauncher:
         self.gpus = _visible_gpus(options)
 
     def launch(self, slot: int) -> tuple[Connection, object]:
+        """A spawned process (no fork of a process holding CUDA) pinned to its GPU."""
         driver_end, worker_end = self.context.Pipe()
         process = self.context.Process(
             target=process_main,
@@ -402,6 +413,7 @@ class ProcessLauncher:
         return {"OMP_NUM_THREADS": threads, "CUDA_VISIBLE_DEVICES": ""}
 
     def stop(self, handle, grace: float) -> None:
+        """Wait `grace` seconds for the process to exit after the stop message, then kill it."""
         handle.join(grace)
         if handle.is_alive():
             handle.kill()

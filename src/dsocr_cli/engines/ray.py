@@ -44,9 +44,11 @@ class _QueueConnection:
         self.inbound, self.outbound = inbound, outbound
 
     def send(self, message) -> None:
+        """To the driver, through the actor's `take`."""
         self.outbound.put(message)
 
     def recv(self):
+        """From the driver, put there by the actor's `give`; blocks like a pipe."""
         return self.inbound.get()
 
 
@@ -72,6 +74,7 @@ class WorkerActor:
             return None
 
     def give(self, message) -> None:
+        """A message from the driver for the worker loop (jobs, [] or None to stop)."""
         self.inbound.put(message)
 
 
@@ -86,6 +89,8 @@ class RayLauncher:
         self.actor_class = ray.remote(max_concurrency=2, **resources)(WorkerActor)
 
     def launch(self, slot: int) -> tuple[Connection, object]:
+        """An actor, spread over the nodes, behind a local pipe relayed by two threads, so the pool
+        drives it like a spawned worker."""
         actor = self.actor_class.options(scheduling_strategy="SPREAD").remote(slot, self.factory, self.options)
         driver_end, relay_end = Pipe()
         threading.Thread(target=self._to_driver, args=(actor, relay_end), daemon=True).start()
@@ -119,6 +124,7 @@ class RayLauncher:
                     return
 
     def stop(self, handle, grace: float) -> None:
+        """Kill the actor: Ray frees its GPU; one already gone is fine."""
         with contextlib.suppress(Exception):
             self.ray.kill(handle)
 

@@ -102,6 +102,7 @@ def _stream(engine, conn, jobs: list) -> bool:
     stopped = False
 
     def incoming() -> Iterator:
+        """Pages for the engine, asking the driver for more as the engine takes them."""
         nonlocal stopped
         while True:
             if not waiting:

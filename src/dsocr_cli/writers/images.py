@@ -60,6 +60,7 @@ def figure(result: PageResult, box: Box, figure_dpi: float, password: str | None
 
 
 def save_image(image, path: Path, fmt: str) -> None:
+    """Encode in memory, then write whole (JPEG at quality 85): no half-written image in the tree."""
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     write_bytes(path, buffer.getvalue())
@@ -136,6 +137,7 @@ class Painter:
                 future.exception()
 
     def close(self) -> None:
+        """Wait for the running jobs and stop the processes; jobs not yet started are cancelled."""
         with self.lock:
             if self.executor is not None:
                 self.executor.shutdown(wait=True, cancel_futures=True)

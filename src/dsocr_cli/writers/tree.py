@@ -248,21 +248,25 @@ class TreeOutput:
         self.painter = Painter()
 
     def is_done(self, source: Source, settings: dict) -> bool:
+        """Resume: the document's folder records the same input and settings (unless --force)."""
         return not self.options.force and is_done(self.out.joinpath(*source.key.split("/")), source, settings)
 
     def close(self) -> None:
+        """After the run: let the writers finish, then release the output lock."""
         self.encoder.shutdown(wait=True)
         self.painter.close()
         self.lock.release()
 
     def open(self, source: Source) -> DocumentFolder:
+        """A staging folder for one document, sharing the run's writer threads and processes."""
         self.painter.start()  # while the first document renders and runs through the engine
         return DocumentFolder(self.out, source, self.options, self.password, self.encoder, self.painter)
 
     def finished(self, result, sink) -> None:
-        pass
+        """Nothing to do: a document's folder is complete at commit, and the summary comes at the end."""
 
     def write_summary(self, record: dict) -> Path:
+        """summary.json and the report at the top of OUT; staging debris is cleared."""
         path = self.out / "summary.json"
         write_json(path, record)
         shutil.rmtree(self.out / STAGING, ignore_errors=True)
