@@ -202,14 +202,18 @@ def make_engine_class():
 
 def pages_for(count: int, seed: int):
     """In-memory pages of 0-6 tiles with a little text each."""
+    rng = random.Random(seed)
+    return pages_of([PAGE_SIZES[rng.randrange(len(PAGE_SIZES))] for _ in range(count)])
+
+
+def pages_of(sizes: list[tuple[int, int]]):
+    """In-memory pages of the given sizes, lines of text down each."""
     from PIL import Image, ImageDraw
 
     from dsocr_cli.types import PageImage, Source
 
-    rng = random.Random(seed)
     pages = []
-    for i in range(count):
-        w, h = PAGE_SIZES[rng.randrange(len(PAGE_SIZES))]
+    for i, (w, h) in enumerate(sizes):
         image = Image.new("RGB", (w, h), "white")
         draw = ImageDraw.Draw(image)
         for line in range(0, h - 40, 28):

@@ -21,25 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from bench import pages_of  # noqa: E402  (scripts/ is this script's own folder)
+
 GROUPS = {  # page sizes of a prefill group: four A4 scans (6 tiles each), and the benchmark's mix
     "a4x4": [(1240, 1754)] * 4,
     "mix7": [(700, 500), (1000, 800), (1500, 900), (1190, 1684), (1684, 1190), (800, 2000), (1240, 1754)],
 }
-
-
-def pages(sizes):
-    from PIL import Image, ImageDraw
-
-    from dsocr_cli.types import PageImage, Source
-
-    out = []
-    for i, (w, h) in enumerate(sizes):
-        image = Image.new("RGB", (w, h), "white")
-        draw = ImageDraw.Draw(image)
-        for line in range(0, h - 40, 28):
-            draw.text((30, 20 + line), f"line {line} of page {i} " * 4, fill="black")
-        out.append(PageImage(Source(Path(f"p{i}"), "image", f"p{i}"), 0, image))
-    return out
 
 
 class PartTimer:
@@ -184,7 +171,7 @@ def main() -> None:
     engine = load(EngineOptions(model=args.model, device="cuda"))
     prompt = TASK_PROMPTS["markdown"]
     prepare = engine.preparer(prompt)
-    groups = {name: [(prepare(p), []) for p in pages(sizes)] for name, sizes in GROUPS.items()}
+    groups = {name: [(prepare(p), []) for p in pages_of(sizes)] for name, sizes in GROUPS.items()}
     model = engine.model
     tower = model.model.vision_tower
     timer = PartTimer({
