@@ -40,7 +40,8 @@ def test_a_node_removed_mid_run_loses_and_duplicates_nothing(tiny_model, cluster
     nodes, second = cluster
     inputs = corpus(tmp_path / "in")
     out = tmp_path / "out"
-    args = ["--ray", nodes.address, "--workers", "2", "--max-new-tokens", "200"]  # pages still running when it goes
+    # One lane per actor, so both still hold a page when the first document is done and the node goes.
+    args = ["--ray", nodes.address, "--workers", "2", "--max-new-tokens", "200", "--batch-size", "1"]
     run = Run(tiny_model, "run", str(inputs), "-o", str(out), *args)
     run.wait_for(r"2 workers: ")
     run.wait_for(r"done .*page\(s\)")
