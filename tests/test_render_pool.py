@@ -284,8 +284,10 @@ def test_no_worker_outlives_a_consumer_that_raises(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_no_worker_outlives_an_interrupted_run(tiny_model, tmp_path, signum):
-    """The signal goes to the whole process group, as Ctrl-C does: workers ignore it, dsocr ends them."""
-    for i in range(6):
+    """The signal goes to the whole process group, as Ctrl-C does: workers ignore it, dsocr ends them.
+    Enough work that the run is still going when the first document is written (commits run in the
+    background, so on a loaded machine the first document.json can come late)."""
+    for i in range(12):
         make_pdf(tmp_path / "in" / f"d{i}.pdf", pages=3)
     out = tmp_path / "out"
     mark = uuid.uuid4().hex
@@ -300,7 +302,7 @@ def test_no_worker_outlives_an_interrupted_run(tiny_model, tmp_path, signum):
         "--model",
         str(tiny_model),
     ]
-    command += ["--device", "cpu", "--batch-size", "1", "--max-new-tokens", "40"]
+    command += ["--device", "cpu", "--batch-size", "1", "--max-new-tokens", "80"]
     env = offline_env(DSOCR_TEST_MARK=mark)
     run = subprocess.Popen(
         command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
