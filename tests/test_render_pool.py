@@ -281,13 +281,13 @@ def test_no_worker_outlives_a_consumer_that_raises(tmp_path):
     assert wait_until_gone(mark) == []
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 INTERRUPT_DEFECT = (
     "known defect: a SIGINT while documents commit in the background has, on a loaded CI machine, "
     "left dsocr running for over 60 s; SIGTERM is unaffected"
 )
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 @pytest.mark.parametrize(
     "signum", [pytest.param(signal.SIGINT, marks=pytest.mark.skip(reason=INTERRUPT_DEFECT)), signal.SIGTERM]
 )
