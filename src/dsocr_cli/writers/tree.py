@@ -110,7 +110,7 @@ class DocumentFolder:
         source: Source,
         options: OutputOptions | None = None,
         password: str | None = None,
-        encoder: Executor | None = None,
+        file_writer: Executor | None = None,
         painter: Painter | None = None,
     ):
         self.out = out
@@ -123,7 +123,7 @@ class DocumentFolder:
         self.markdown: dict[int, str] = {}
         self.texts: dict[int, PageText] = {}  # per page, for the searchable PDF
         self.raw: dict[int, str] = {}  # raw model output by page number, for the report's view
-        self.encoder = encoder  # writes the page files off the main thread
+        self.file_writer = file_writer  # writes the page files off the main thread
         self.pending: deque[Future] = deque()
         self.painter = painter or Painter(processes=0)
         self.jobs: list[Future] = []  # the pages' images and the document's PDFs being made
@@ -170,12 +170,12 @@ class DocumentFolder:
         """The engine waits while the main thread writes, so a page's files (each written whole and
         flushed to disk) are written by worker threads; a few at most are in flight, and commit
         waits for them."""
-        if self.encoder is None:
+        if self.file_writer is None:
             write(*args)
             return
         while len(self.pending) >= MAX_PENDING_WRITES:
             self.pending.popleft().result()
-        self.pending.append(self.encoder.submit(write, *args))
+        self.pending.append(self.file_writer.submit(write, *args))
 
     def _wait_for_writes(self) -> None:
         while self.pending:
@@ -244,7 +244,7 @@ class TreeOutput:
         self.password = password
         self.lock = OutputLock(self.out, wait=self.options.wait).acquire()
         clear_debris(self.out)
-        self.encoder = ThreadPoolExecutor(2, thread_name_prefix="dsocr-write")
+        self.file_writer = ThreadPoolExecutor(2, thread_name_prefix="dsocr-write")
         self.painter = Painter()
 
     def is_done(self, source: Source, settings: dict) -> bool:
@@ -253,14 +253,14 @@ class TreeOutput:
 
     def close(self) -> None:
         """After the run: let the writers finish, then release the output lock."""
-        self.encoder.shutdown(wait=True)
+        self.file_writer.shutdown(wait=True)
         self.painter.close()
         self.lock.release()
 
     def open(self, source: Source) -> DocumentFolder:
         """A staging folder for one document, sharing the run's writer threads and processes."""
         self.painter.start()  # while the first document renders and runs through the engine
-        return DocumentFolder(self.out, source, self.options, self.password, self.encoder, self.painter)
+        return DocumentFolder(self.out, source, self.options, self.password, self.file_writer, self.painter)
 
     def finished(self, result, sink) -> None:
         """Nothing to do: a document's folder is complete at commit, and the summary comes at the end."""
