@@ -24,11 +24,10 @@ import os
 import pickle
 import signal
 import socket
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from dsocr_cli.child_process import exit_with_parent
 from dsocr_cli.errors import DsocrError, ExitCode
 
 PREFETCH = 2  # pages a streaming worker holds beyond its free lanes: one to admit next, one waiting
@@ -165,7 +164,7 @@ def process_main(slot: int, factory, options, conn, environment: dict, parent: i
     """A spawned worker process: pin the device, load the engine, serve until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt means
     os.environ.update(environment)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    exit_with_parent(parent)
     with contextlib.suppress(EOFError, OSError):  # the driver is gone
         load_and_serve(slot, factory, options, conn)
 
@@ -181,10 +180,3 @@ def load_and_serve(slot: int, factory, options, conn) -> bool:
     conn.send(("ready", worker_info(engine, slot)))
     serve(engine, conn)
     return True
-
-
-def _exit_with_parent(parent: int) -> None:
-    """No worker outlives its driver, even one killed with -9."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
