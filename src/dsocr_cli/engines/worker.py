@@ -6,7 +6,10 @@ holds. The same loop runs in a spawned process (engines/pool.py) and in a Ray ac
 (engines/ray.py); only the connection differs.
 
     worker -> driver   ("ready", info) | ("setup-failed", error) | ("want", n, holding) | ("result", id, outcome)
-    driver -> worker   a list of at most n jobs (id, page, prompt, strict); [] finish what you hold; None stop
+                       | ("taken", ids): these pages' images are copied out of shared memory
+    driver -> worker   a list of at most n jobs (id, page, prompt, strict, pixels); [] finish what you hold;
+                       None stop. `pixels` names the page's image in shared memory (engines/pixels.py),
+                       where the page came without it; None where the image came with the page.
 
 How many pages a request asks for (`n`): a streaming engine with a paged decoder asks for as many
 as fill its lanes, plus PREFETCH waiting, less the pages it holds (`holding`: every page sent to it
@@ -20,6 +23,7 @@ only a fair share once the input is exhausted), never with more.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import signal
@@ -28,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from dsocr_cli.child_process import exit_with_parent
+from dsocr_cli.engines.pixels import take
 from dsocr_cli.errors import DsocrError, ExitCode
 
 PREFETCH = 2  # pages a streaming worker holds beyond its free lanes: one to admit next, one waiting
@@ -80,7 +85,7 @@ def serve(engine, conn) -> None:
     streams = getattr(engine, "continuous", False) and hasattr(engine, "stream")
     while True:
         conn.send(("want", ask_size(engine, 0) if streams else max(1, getattr(engine, "batch_size", 1)), 0))
-        jobs = conn.recv()
+        jobs = receive(conn)
         if jobs is None:
             return
         if not jobs:
@@ -90,6 +95,22 @@ def serve(engine, conn) -> None:
                 return
         else:
             _batches(engine, conn, jobs)
+
+
+def receive(conn) -> list | None:
+    """The driver's next answer, each page with its image: those that came through shared memory
+    are copied out of it, and the driver is told, so it can reuse their segments."""
+    jobs = conn.recv()
+    if not jobs:
+        return jobs
+    taken = [job[0] for job in jobs if job[4] is not None]
+    jobs = [
+        (i, page if pixels is None else dataclasses.replace(page, image=take(pixels)), prompt, strict)
+        for i, page, prompt, strict, pixels in jobs
+    ]
+    if taken:
+        conn.send(("taken", taken))
+    return jobs
 
 
 def _stream(engine, conn, jobs: list) -> bool:
@@ -106,7 +127,7 @@ def _stream(engine, conn, jobs: list) -> bool:
         while True:
             if not waiting:
                 conn.send(("want", ask_size(engine, len(held)), len(held)))
-                more = conn.recv()
+                more = receive(conn)
                 if not more:  # None (stop) or [] (nothing more now): let the engine finish what it holds
                     stopped = more is None
                     return
