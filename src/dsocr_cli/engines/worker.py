@@ -162,6 +162,8 @@ class Fetcher:
         if not self.waiting:
             more = self.answers.get()
             self.asked = False
+            if isinstance(more, BaseException):  # the thread failed: the engine's thread ends the worker
+                raise more
             if not more:
                 self.stopped = more is None
                 return None
@@ -169,13 +171,16 @@ class Fetcher:
         return self.waiting.popleft()
 
     def _run(self) -> None:
-        while True:
-            count, holding = self.asks.get()
-            self.conn.send(("want", count, holding))
-            more = receive(self.conn)
-            self.answers.put(more)
-            if not more:  # None (stop) or [] (nothing more now): the stream ends, so does this thread
-                return
+        try:
+            while True:
+                count, holding = self.asks.get()
+                self.conn.send(("want", count, holding))
+                more = receive(self.conn)
+                self.answers.put(more)
+                if not more:  # None (stop) or [] (nothing more now): the stream ends, so does this thread
+                    return
+        except BaseException as exc:  # the driver gone, or a page that cannot be taken: never a silent hang
+            self.answers.put(exc)
 
 
 def _stream(engine, conn: Link, jobs: list) -> bool:
