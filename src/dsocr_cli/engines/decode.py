@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dsocr_cli.engines.kernels.paged_attention import paged_decode_attention
-from dsocr_cli.engines.kv import PagedKV
+from dsocr_cli.engines.kv import PagedKV, upload
 from dsocr_cli.engines.ngram import ban_repeats, looping
 
 log = logging.getLogger(__name__)
@@ -352,19 +352,21 @@ class PagedDecoder:
             self._start_lane(lane, seq, first[row], lengths[row])
 
     def _start_lane(self, lane: int, seq: _Sequence, first: torch.Tensor, length: int) -> None:
+        # Device state is set with fill_ and device-side copies: assigning a host value would
+        # synchronise the stream and stall the host behind the prefill it has just launched.
         self.history[lane].fill_(-1)
         if seq.kept:  # resumed: the cache now holds the prompt and all kept tokens but the last
-            kept = torch.tensor(seq.kept, dtype=torch.long, device=self.device)
+            kept = upload(seq.kept, torch.long, self.device)
             self.history[lane, : len(seq.kept)] = kept
             self.next_ids[lane] = kept[-1]
-            self.generated[lane] = len(seq.kept)
+            self.generated[lane].fill_(len(seq.kept))
         else:
             self.history[lane, 0] = first
             self.next_ids[lane] = first
-            self.generated[lane] = 1
-        self.positions[lane] = length
-        self.active[lane] = True
-        self.strict[lane] = seq.strict
+            self.generated[lane].fill_(1)
+        self.positions[lane].fill_(length)
+        self.active[lane].fill_(True)
+        self.strict[lane].fill_(seq.strict)
         self.lengths[lane] = length
         self.admitted += 1
         seq.order = self.admitted
@@ -399,10 +401,8 @@ class PagedDecoder:
         self._reset(lane)
 
     def _reset(self, lane: int) -> None:
-        self.active[lane] = False
-        self.positions[lane] = 0
-        self.generated[lane] = 0
-        self.strict[lane] = False
+        for state in (self.active, self.positions, self.generated, self.strict):
+            state[lane].fill_(0)
         self.lengths[lane] = 0
 
     def _compact(self) -> None:
