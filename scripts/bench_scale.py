@@ -23,6 +23,7 @@ import io
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -132,8 +133,10 @@ def make_corpus(folder: Path, pages: int, per_document: int) -> Path:
 def run_dsocr(args: list[str], env: dict) -> dict:
     """The real command, watched from outside: wall seconds, and the main process's peak RSS and
     CPU seconds (the driver's own cost, which a busy machine does not inflate as it does time):
-    all its threads, and its main thread alone (the one that must keep up with every GPU)."""
+    all its threads, and its main thread alone (the one that must keep up with every GPU); and
+    the CPU seconds of the whole process tree, which divided by the cores bounds the pages/s."""
     started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = subprocess.Popen(
         [sys.executable, "-m", "dsocr_cli", *args],
         stdout=subprocess.DEVNULL,
@@ -152,12 +155,15 @@ def run_dsocr(args: list[str], env: dict) -> dict:
         except (OSError, StopIteration, IndexError):
             pass
         time.sleep(0.2)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "exit_code": process.returncode,
         "seconds": round(time.perf_counter() - started, 2),
         "driver_peak_rss_mb": round(peak),
         "driver_cpu_seconds": round(cpu, 1),
         "driver_main_thread_cpu_seconds": round(main_cpu, 1),
+        # dsocr and every process it started and reaped (render, painter and engine workers)
+        "tree_cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
         "stderr": process.stderr.read()[-2000:],
     }
 
@@ -215,6 +221,7 @@ def main() -> None:
                 tokens_per_second=record["tokens_per_second"],
                 run_seconds=record["seconds"],
                 driver_cpu_ms_per_page=round(1000 * line["driver_cpu_seconds"] / max(1, record["pages"]), 1),
+                tree_cpu_ms_per_page=round(1000 * line["tree_cpu_seconds"] / max(1, record["pages"]), 1),
                 driver_main_thread_cpu_ms_per_page=round(
                     1000 * line["driver_main_thread_cpu_seconds"] / max(1, record["pages"]), 1
                 ),
