@@ -135,7 +135,7 @@ class PagedDecoder:
         self.history = torch.full((lanes, config.max_new_tokens + 1), -1, dtype=torch.long, device=device)
         self.next_ids = torch.zeros(lanes, dtype=torch.long, device=device)
         pin = device.type == "cuda"
-        self.host_state = [torch.zeros((2, lanes), dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self.host_state = [torch.zeros(2 * lanes, dtype=torch.long, pin_memory=pin) for _ in range(2)]
         self.active = torch.zeros(lanes, dtype=torch.bool, device=device)
         self.strict = torch.zeros(lanes, dtype=torch.bool, device=device)
         self.exempt = torch.tensor(config.exempt_ids, dtype=torch.long, device=device)
@@ -454,7 +454,8 @@ class PagedDecoder:
         state = torch.stack([code, generated])
         if self.device.type != "cuda":
             return _Snapshot(state, None, dict(self.lanes))
-        host = self.host_state[self.steps % 2][:, :b]  # two buffers: one filling while the other is read
+        # Two buffers, one filling while the other is read; contiguous, so the copy stays asynchronous.
+        host = self.host_state[self.steps % 2][: 2 * b].view(2, b)
         host.copy_(state, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
