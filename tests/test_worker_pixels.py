@@ -10,14 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import offline_env
-from dsocr_cli.samples import make_image, make_pdf
+from conftest import Background, small_corpus
+from dsocr_cli.samples import make_pdf
 
 # Mounts a private /dev/shm of the given size, runs the command, then lists what it left there.
 PRIVATE_SHM = (
@@ -32,45 +31,12 @@ def user_namespaces():
         pytest.skip("no user namespaces here to mount a /dev/shm of the run's own")
 
 
-def corpus(folder: Path) -> Path:
-    for i in range(3):
-        make_image(folder / f"img{i}.png", size=(420 + 40 * i, 320), text=f"page {i}")
-    make_pdf(folder / "doc.pdf", pages=2)
-    return folder
-
-
-class Run:
-    """`dsocr run` with its own /dev/shm of `size`, in the background, its stderr read as it comes."""
+class Run(Background):
+    """`dsocr run` with its own /dev/shm of `size`, in the background."""
 
     def __init__(self, tiny_model: Path, size: str, *args: str):
         dsocr = [sys.executable, "-m", "dsocr_cli", "run", *args, "--model", str(tiny_model), "--device", "cpu"]
-        command = ["unshare", "-Urm", "sh", "-c", PRIVATE_SHM, size, *dsocr, "--workers", "2", "--verbose"]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env()
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 240) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            assert self.process.poll() is None, self.log
-            time.sleep(0.1)
-        raise AssertionError(f"no {pattern!r} in:\n{self.log}")
-
-    def worker_pids(self) -> list[int]:
-        return [int(pid) for pid in re.findall(r"pid (\d+)", self.wait_for(r"2 workers: .*").group(0))]
+        super().__init__(["unshare", "-Urm", "sh", "-c", PRIVATE_SHM, size, *dsocr, "--workers", "2", "--verbose"])
 
     def finish(self, timeout: float = 600) -> tuple[int, tuple[int, int] | None, str]:
         """Exit code, (pages through shared memory, pages whole), and the segments left behind."""
@@ -88,7 +54,7 @@ def driver_of(worker: int) -> int:
 
 
 def test_a_worker_killed_mid_run_leaves_no_segment(tiny_model, tmp_path):
-    inputs = corpus(tmp_path / "in")
+    inputs = small_corpus(tmp_path / "in")
     out = tmp_path / "out"
     run = Run(tiny_model, "256m", str(inputs), "-o", str(out), "--max-new-tokens", "40", "--batch-size", "1")
     victim = run.worker_pids()[0]
@@ -104,7 +70,7 @@ def test_a_worker_killed_mid_run_leaves_no_segment(tiny_model, tmp_path):
 
 
 def test_sigterm_leaves_no_segment(tiny_model, tmp_path):
-    inputs = corpus(tmp_path / "in")
+    inputs = small_corpus(tmp_path / "in")
     run = Run(tiny_model, "256m", str(inputs), "-o", str(tmp_path / "out"), "--max-new-tokens", "400")
     driver = driver_of(run.worker_pids()[0])
     run.wait_for(r"worker \d asks for")

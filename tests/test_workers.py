@@ -7,29 +7,20 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from conftest import offline_env
+from conftest import Background, offline_env, small_corpus
 from dsocr_cli.discover import discover
 from dsocr_cli.engines import register, start_engine
 from dsocr_cli.options import EngineOptions, Options, OutputOptions, RenderOptions
 from dsocr_cli.pipeline import Pipeline
 from dsocr_cli.render import render
-from dsocr_cli.samples import make_image, make_pdf
+from dsocr_cli.samples import make_image
 from dsocr_cli.writers.tree import TreeOutput
 
 TIMINGS = {"seconds", "started", "finished", "mtime"}
-
-
-def corpus(folder: Path) -> Path:
-    for i in range(3):
-        make_image(folder / f"img{i}.png", size=(420 + 40 * i, 320), text=f"page {i}")
-    make_pdf(folder / "doc.pdf", pages=2)
-    return folder
 
 
 def without_timings(value):
@@ -57,7 +48,7 @@ def summary(out: Path) -> dict:
 
 
 def test_two_cpu_workers_write_the_same_tree_as_one(dsocr, tmp_path):
-    inputs = corpus(tmp_path / "in")
+    inputs = small_corpus(tmp_path / "in")
     env = offline_env(OMP_NUM_THREADS="1")  # the same arithmetic in every process
     one = dsocr("run", str(inputs), "-o", str(tmp_path / "one"), "--workers", "1", env=env)
     two = dsocr("run", str(inputs), "-o", str(tmp_path / "two"), "--workers", "2", "--verbose", env=env)
@@ -75,34 +66,11 @@ def test_two_cpu_workers_write_the_same_tree_as_one(dsocr, tmp_path):
     assert "workers" not in summary(tmp_path / "one").get("engine", {})
 
 
-class Run:
-    """The real command in the background, its stderr read as it comes."""
+class Run(Background):
+    """The real command in the background."""
 
     def __init__(self, tiny_model: Path, *args: str):
-        command = [sys.executable, "-m", "dsocr_cli", *args, "--model", str(tiny_model), "--device", "cpu"]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env()
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float = 240) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            assert self.process.poll() is None, "".join(self.lines)
-            time.sleep(0.1)
-        raise AssertionError(f"no {pattern!r} in:\n{''.join(self.lines)}")
-
-    def worker_pids(self) -> list[int]:
-        line = self.wait_for(r"2 workers: .*").group(0)
-        return [int(pid) for pid in re.findall(r"pid (\d+)", line)]
+        super().__init__([sys.executable, "-m", "dsocr_cli", *args, "--model", str(tiny_model), "--device", "cpu"])
 
 
 def gone(pid: int) -> bool:
@@ -114,7 +82,7 @@ def gone(pid: int) -> bool:
 
 
 def test_a_worker_killed_mid_run_costs_nothing(tiny_model, tmp_path):
-    inputs = corpus(tmp_path / "in")
+    inputs = small_corpus(tmp_path / "in")
     out = tmp_path / "out"
     # one lane per worker: pages run one after another, so the run is still going after the first document
     args = ["--workers", "2", "--max-new-tokens", "40", "--batch-size", "1"]
@@ -133,7 +101,7 @@ def test_a_worker_killed_mid_run_costs_nothing(tiny_model, tmp_path):
 
 
 def test_sigterm_stops_every_worker(tiny_model, tmp_path):
-    inputs = corpus(tmp_path / "in")
+    inputs = small_corpus(tmp_path / "in")
     run = Run(tiny_model, "run", str(inputs), "-o", str(tmp_path / "out"), "--workers", "2", "--max-new-tokens", "400")
     pids = run.worker_pids()
     run.process.send_signal(signal.SIGTERM)
