@@ -298,6 +298,7 @@ class Pipeline:
         """Record every document whose commit has ended, first waiting for the oldest while more
         than `keep` are still being written."""
         while len(self.committing) > keep:
+            wait_all([self.committing[0].future])  # interrupted here, it is still there for _abandon_commits
             self._committed(self.committing.popleft())
         for commit in [c for c in self.committing if c.future.done()]:
             self.committing.remove(commit)
