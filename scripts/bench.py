@@ -159,8 +159,8 @@ def make_engine_class():
 
         def on_admit(self, lane, seq):
             length, period = self.plan(seq.item)
-            self.targets[lane] = length
-            self.periods[lane] = 0 if seq.strict else period  # a retry breaks free of the loop
+            self.targets[lane].fill_(length)
+            self.periods[lane].fill_(0 if seq.strict else period)  # a retry breaks free of the loop
 
         def on_move(self, source, target):
             for state in (self.targets, self.periods):
@@ -355,9 +355,12 @@ def measure_default(engine_class, base, model: str, device: str, count: int, nam
     return timed(engine, count, name, stream) | decoder_fields(engine)
 
 
-def measure_e2e(engine_class, base, model: str, device: str, count: int, folder: Path, renderer=False) -> dict:
+def measure_e2e(
+    engine_class, base, model: str, device: str, count: int, folder: Path, renderer=False, window=None
+) -> dict:
     """The whole pipeline on a folder of PDFs and images: discover, render and preprocess (worker
-    pool), engine, grounding, writers, at the CLI's defaults, with the model already loaded."""
+    pool), engine, grounding, writers, at the CLI's defaults, with the model already loaded.
+    `window` (start, seconds): torch.profiler over that stretch of the run (see `Window`)."""
     import shutil
 
     import torch
@@ -373,6 +376,8 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
     engine = engine_class(base.model, base.processor, options.engine, device, base.dtype, model)
     engine.prepare_in_renderer = renderer
     engine.decoder_for(options.task.text).timeline = []
+    if window:
+        engine._prefill = Window(engine._prefill, *window)
     sources, _ = discover([str(folder / "in")])
     output = TreeOutput(folder / "out", options.output)
     if device == "cuda":
@@ -389,22 +394,80 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
     for doc in summary.documents:
         for page in doc.pages:
             finishes[page.prediction.finish] = finishes.get(page.prediction.finish, 0) + 1
+    return (
+        {
+            "config": "e2e-renderer" if renderer else "e2e",
+            "documents": len(sources),
+            "done": summary.count("done"),
+            "pages": summary.pages,
+            "pages_planned": pages,
+            "tokens": summary.tokens,
+            "seconds": round(seconds, 2),
+            "pages_per_s": round(summary.pages / seconds, 3),
+            "tok_per_s": round(summary.tokens / seconds, 1),
+            "first_page_s": round(events.first or 0.0, 2),
+            "first_prefill_s": first_prefill(engine, started),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+            "finish": finishes,
+            "retried": sum(p.prediction.attempts > 1 for d in summary.documents for p in d.pages),
+        }
+        | decoder_fields(engine)
+        | ({"window": engine._prefill.result} if window else {})
+    )
+
+
+class Window:
+    """torch.profiler (host and GPU) over a stretch of a run, started and stopped at prefills on
+    the decoding thread: how busy the GPU is there, and where the host's time goes."""
+
+    def __init__(self, prefill, start: float, seconds: float):
+        self.prefill, self.start, self.seconds = prefill, start, seconds
+        self.began = time.perf_counter()
+        self.profiler = None
+        self.opened = 0.0
+        self.result: dict = {}
+
+    def __call__(self, group, prompt):
+        from torch.profiler import ProfilerActivity, profile
+
+        now = time.perf_counter() - self.began
+        if self.profiler is None and not self.result and now >= self.start:
+            self.profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self.profiler.__enter__()
+            self.opened = time.perf_counter()
+        elif self.profiler is not None and now >= self.start + self.seconds:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.opened
+            self.profiler.__exit__(None, None, None)
+            self.result = window_summary(self.profiler, wall)
+            self.profiler = None
+        return self.prefill(group, prompt)
+
+
+def window_summary(prof, wall: float) -> dict:
+    """The GPU's busy share of the window (union of kernel intervals) and the host operations
+    that took the most time on the threads the profiler saw."""
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type.name == "CUDA" and not e.name.startswith(("Memcpy", "Memset"))
+    )
+    busy, end = 0.0, float("-inf")
+    for start, stop in kernels:
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    span = (kernels[-1][1] - kernels[0][0]) if kernels else 0.0
+    host = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     return {
-        "config": "e2e-renderer" if renderer else "e2e",
-        "documents": len(sources),
-        "done": summary.count("done"),
-        "pages": summary.pages,
-        "pages_planned": pages,
-        "tokens": summary.tokens,
-        "seconds": round(seconds, 2),
-        "pages_per_s": round(summary.pages / seconds, 3),
-        "tok_per_s": round(summary.tokens / seconds, 1),
-        "first_page_s": round(events.first or 0.0, 2),
-        "first_prefill_s": first_prefill(engine, started),
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
-        "finish": finishes,
-        "retried": sum(p.prediction.attempts > 1 for d in summary.documents for p in d.pages),
-    } | decoder_fields(engine)
+        "wall_s": round(wall, 2),
+        "gpu_busy": round(busy / span, 3) if span else None,
+        "kernels": len(kernels),
+        "host_top": [[e.key[:60], round(e.self_cpu_time_total / 1000, 1), e.count] for e in host[:25]],
+    }
 
 
 def first_prefill(engine, started: float) -> float | None:
@@ -519,6 +582,33 @@ def profile(engine_class, base, model: str, device: str, lanes: int) -> dict:
     return result
 
 
+def syncs(engine_class, base, model: str, device: str, count: int = 8) -> dict:
+    """Where the decoder makes the host wait for the GPU: every synchronising call (torch's CUDA
+    sync debug mode) over `count` pages, prefills and decode steps, counted by the line that made it."""
+    import collections
+    import warnings
+
+    import torch
+
+    from dsocr_cli.engines.decode import Feed
+    from dsocr_cli.options import TASK_PROMPTS
+
+    prompt = TASK_PROMPTS["markdown"]
+    engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
+    decoder = engine.decoder_for(prompt)
+    pages = [engine.preparer(prompt)(p) for p in pages_for(count, seed=7)]
+    feed = Feed(prefill=lambda group: engine._prefill(group, prompt))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            ended = sum(1 for _ in decoder.run(iter(pages), feed))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    places = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught)
+    return {"config": "syncs", "pages": ended, "steps": decoder.steps, "syncs": dict(places.most_common(30))}
+
+
 def kernel_shares(prof) -> dict:
     """GPU kernel time split into attention, experts and the rest, by kernel name."""
     groups = {"attention": 0.0, "experts": 0.0, "other": 0.0}
@@ -537,7 +627,7 @@ def kernel_shares(prof) -> dict:
     return {"gpu_ms": round(total / 1000, 2)} | {k: round(v / total, 3) for k, v in groups.items()}
 
 
-def run(model: str, names: list[str], device: str, count: int, folder: Path) -> None:
+def run(model: str, names: list[str], device: str, count: int, folder: Path, window=None) -> None:
     import torch
     import transformers
 
@@ -553,9 +643,11 @@ def run(model: str, names: list[str], device: str, count: int, folder: Path) -> 
         elif name == "default":
             result = measure_default(engine_class, base, model, device, count)
         elif name in ("e2e", "e2e-renderer"):
-            result = measure_e2e(engine_class, base, model, device, count, folder, name == "e2e-renderer")
+            result = measure_e2e(engine_class, base, model, device, count, folder, name == "e2e-renderer", window)
         elif name == "identity":
             result = identity(engine_class, base, model, device, 64 if device == "cuda" else 4, 48)
+        elif name == "syncs":
+            result = syncs(engine_class, base, model, device)
         elif name.startswith("profile"):
             result = profile(engine_class, base, model, device, int(name.partition("-")[2] or 128))
         else:
@@ -574,13 +666,17 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=256, help="pages in the default and e2e configurations")
     parser.add_argument("--folder", type=Path, default=Path("/tmp/dsocr-bench"), help="where e2e writes its corpus")
     parser.add_argument("--cap", type=int, help="cap each page's target length (a CPU smoke run, not a measurement)")
+    parser.add_argument(
+        "--window", help="START,SECONDS: profile that stretch of the e2e run (GPU busy share, host time)"
+    )
     args = parser.parse_args()
     global CAP
     CAP = args.cap
     if args.build:
         build(args.build)
     if args.model:
-        run(args.model, args.configs.split(","), args.device, args.pages, args.folder)
+        window = tuple(float(v) for v in args.window.split(",")) if args.window else None
+        run(args.model, args.configs.split(","), args.device, args.pages, args.folder, window)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,10 @@ def figure_png(rng: random.Random) -> bytes:
     return buffer.getvalue()
 
 
-def realistic_page(doc, rng: random.Random, number: int) -> str:
+FIGURES = 8  # distinct figures, drawn once: encoding a PNG for every page made the corpus slow to build
+
+
+def realistic_page(doc, rng: random.Random, number: int, figures: list[bytes]) -> str:
     """Draw one page; return the raw grounding output the model would give for it."""
     import pymupdf
 
@@ -90,7 +93,7 @@ def realistic_page(doc, rng: random.Random, number: int) -> str:
             cells.append(f"<td>{value}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     raw += block("table", (50, 475, 542, 595), "<table>" + "".join(rows) + "</table>")
-    page.insert_image(pymupdf.Rect(150, 610, 445, 774), stream=figure_png(rng))
+    page.insert_image(pymupdf.Rect(150, 610, 445, 774), stream=rng.choice(figures))
     raw += block("image", (150, 610, 445, 774), "")
     caption = f"Figure {number}: {' '.join(rng.choices(WORDS, k=6))}"
     page.insert_text((150, 790), caption, fontsize=8)
@@ -102,14 +105,19 @@ def make_corpus(folder: Path, pages: int, per_document: int) -> Path:
     """PDFs of `per_document` realistic pages in folder/in, their recorded raw outputs in folder/recorded."""
     import pymupdf
 
+    marker = folder / "corpus.json"
+    wanted = {"pages": pages, "per_document": per_document, "figures": FIGURES}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return folder  # the same corpus, made earlier (for example while the model was being built)
     rng = random.Random(12)
+    figures = [figure_png(rng) for _ in range(FIGURES)]
     made = 0
     while made < pages:
         count = min(per_document, pages - made)
         name = f"report-{made // per_document:04d}.pdf"
         doc = pymupdf.open()
         for n in range(count):
-            raw = realistic_page(doc, rng, n + 1)
+            raw = realistic_page(doc, rng, n + 1, figures)
             recorded = folder / "recorded" / name / "pages" / f"{n + 1:04d}.raw.md"
             recorded.parent.mkdir(parents=True, exist_ok=True)
             recorded.write_text(raw, encoding="utf-8")
@@ -117,6 +125,7 @@ def make_corpus(folder: Path, pages: int, per_document: int) -> Path:
         doc.save(folder / "in" / name, garbage=3, deflate=True)
         doc.close()
         made += count
+    marker.write_text(json.dumps(wanted))
     return folder
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dsocr_cli.engines.kernels.paged_attention import paged_decode_attention
-from dsocr_cli.engines.kv import PagedKV
+from dsocr_cli.engines.kv import PagedKV, upload
 from dsocr_cli.engines.ngram import ban_repeats, looping
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,16 @@ class _Sequence:
     strict: bool = False  # a retry: the strict n-gram ban
     order: int = 0  # admission order: the latest admitted is preempted first
     kept: list[int] = field(default_factory=list)  # tokens generated before a preemption
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """How each lane stood after a step: (how it ended: 0 running, 1 done, 2 looping; tokens),
+    on the host once `done` has passed; `owners` are the sequences the lanes held at that step."""
+
+    state: torch.Tensor  # (2, bucket)
+    done: torch.cuda.Event | None
+    owners: dict[int, _Sequence]
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,8 @@ class PagedDecoder:
         self.generated = torch.zeros(lanes, dtype=torch.long, device=device)  # tokens so far
         self.history = torch.full((lanes, config.max_new_tokens + 1), -1, dtype=torch.long, device=device)
         self.next_ids = torch.zeros(lanes, dtype=torch.long, device=device)
+        pin = device.type == "cuda"
+        self.host_state = [torch.zeros((2, lanes), dtype=torch.long, pin_memory=pin) for _ in range(2)]
         self.active = torch.zeros(lanes, dtype=torch.bool, device=device)
         self.strict = torch.zeros(lanes, dtype=torch.bool, device=device)
         self.exempt = torch.tensor(config.exempt_ids, dtype=torch.long, device=device)
@@ -249,20 +261,25 @@ class PagedDecoder:
         started = time.perf_counter()
         self.prefill_seconds = 0.0
         ended: list[Finished] = []
+        previous: _Snapshot | None = None  # the last step launched, its ends not yet read
         while True:
             if (not exhausted or self.queue) and self._may_prefill(started):
                 exhausted = yield from self._admit(pending)
-            running = bool(self.lanes)
-            if running:
+            launched = None
+            if self.lanes:
                 self._reserve()
                 self._compact()
                 self.kv.flush()
                 self._advance()
-            # The step runs on the device while the caller handles the pages that ended before it
-            # (parsing, writing): the host's work per page no longer leaves the GPU idle.
+                launched = self._snapshot()
+            # The host runs one step ahead: this step is queued behind the previous one before the
+            # previous one's ends are read, and the caller handles pages (parsing, writing) while
+            # both run, so the host's work between steps no longer leaves the GPU idle. A sequence
+            # that ended is stepped once more, harmlessly: its tokens are read up to its end.
             yield from ended
-            ended = list(self._collect()) if running else []
-            if not running and exhausted and not self.queue:
+            ended = list(self._collect(previous)) if previous is not None else []
+            previous = launched
+            if previous is None and not ended and not self.lanes and exhausted and not self.queue:
                 return
 
     def _may_prefill(self, started: float) -> bool:
@@ -352,19 +369,21 @@ class PagedDecoder:
             self._start_lane(lane, seq, first[row], lengths[row])
 
     def _start_lane(self, lane: int, seq: _Sequence, first: torch.Tensor, length: int) -> None:
+        # Device state is set with fill_ and device-side copies: assigning a host value would
+        # synchronise the stream and stall the host behind the prefill it has just launched.
         self.history[lane].fill_(-1)
         if seq.kept:  # resumed: the cache now holds the prompt and all kept tokens but the last
-            kept = torch.tensor(seq.kept, dtype=torch.long, device=self.device)
+            kept = upload(seq.kept, torch.long, self.device)
             self.history[lane, : len(seq.kept)] = kept
             self.next_ids[lane] = kept[-1]
-            self.generated[lane] = len(seq.kept)
+            self.generated[lane].fill_(len(seq.kept))
         else:
             self.history[lane, 0] = first
             self.next_ids[lane] = first
-            self.generated[lane] = 1
-        self.positions[lane] = length
-        self.active[lane] = True
-        self.strict[lane] = seq.strict
+            self.generated[lane].fill_(1)
+        self.positions[lane].fill_(length)
+        self.active[lane].fill_(True)
+        self.strict[lane].fill_(seq.strict)
         self.lengths[lane] = length
         self.admitted += 1
         seq.order = self.admitted
@@ -399,10 +418,8 @@ class PagedDecoder:
         self._reset(lane)
 
     def _reset(self, lane: int) -> None:
-        self.active[lane] = False
-        self.positions[lane] = 0
-        self.generated[lane] = 0
-        self.strict[lane] = False
+        for state in (self.active, self.positions, self.generated, self.strict):
+            state[lane].fill_(0)
         self.lengths[lane] = 0
 
     def _compact(self) -> None:
@@ -422,8 +439,9 @@ class PagedDecoder:
     def on_move(self, source: int, target: int) -> None:
         """A hook for subclasses whose per-lane state must follow a compacted sequence."""
 
-    def _collect(self) -> Iterator[Finished]:
-        """One host synchronisation per step: which lanes ended, and how."""
+    def _snapshot(self) -> _Snapshot:
+        """Launch the check of which lanes the step just launched ends (and how), copied to the
+        host as it completes; read a step later by `_collect`, without stopping the stream."""
         b = self._bucket()
         generated = self.generated[:b]
         last = self.history[:b].gather(1, (generated - 1).clamp(min=0)[:, None]).squeeze(1)
@@ -433,10 +451,25 @@ class PagedDecoder:
             loops = looping(self.history[:b], generated, self.config.loop_span, self.config.loop_period)
             code = torch.where(loops & ~ended, 2, code)
         code = torch.where(self.active[:b], code, 0)
-        state = torch.stack([code, generated]).tolist()
-        for lane, (kind, count) in enumerate(zip(*state, strict=True)):
-            if kind and lane in self.lanes:
-                yield from self._end(lane, kind, count)
+        state = torch.stack([code, generated])
+        if self.device.type != "cuda":
+            return _Snapshot(state, None, dict(self.lanes))
+        host = self.host_state[self.steps % 2][:, :b]  # two buffers: one filling while the other is read
+        host.copy_(state, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Snapshot(host, done, dict(self.lanes))
+
+    def _collect(self, snapshot: _Snapshot) -> Iterator[Finished]:
+        """The sequences that ended at a step, each ended in the lane it holds now (compaction may
+        have moved it since); one preempted since is left to end when it resumes."""
+        if snapshot.done is not None:
+            snapshot.done.synchronize()  # the step read, not the one queued behind it
+        now = {id(seq): lane for lane, seq in self.lanes.items()}
+        for lane, (kind, count) in enumerate(zip(*snapshot.state.tolist(), strict=True)):
+            seq = snapshot.owners.get(lane) if kind else None
+            if seq is not None and id(seq) in now:
+                yield from self._end(now[id(seq)], kind, count)
 
     def _end(self, lane: int, kind: int, count: int) -> Iterator[Finished]:
         seq = self.lanes.pop(lane)

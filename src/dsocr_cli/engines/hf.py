@@ -190,8 +190,10 @@ class HFEngine:
             "input_ids": ids,
             "attention_mask": mask,
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-            "num_local_patches": torch.cat([torch.as_tensor(p["num_local_patches"]).view(-1) for p in parts]),
         })  # fmt: skip
+        # Tile counts stay on the host: the model reads them back as a list, which from the GPU
+        # would wait for the decode step in flight before the vision encoder could be launched.
+        inputs["num_local_patches"] = torch.cat([torch.as_tensor(p["num_local_patches"]).view(-1) for p in parts])
         # Pixels go up page by page and are joined on the device: joining them on the host would
         # copy pinned pages into pageable memory, whose upload is synchronous and several times slower.
         for key in ("pixel_values", "pixel_values_local"):

@@ -79,16 +79,15 @@ class PagedKV:
         """Copy the table entries made since the last flush to the device, in one transfer."""
         if not self._pending:
             return
-        lanes, columns, blocks = (torch.tensor(v, dtype=torch.long) for v in zip(*self._pending, strict=True))
-        device = self.table.device
-        self.table.index_put_((lanes.to(device), columns.to(device)), blocks.to(device, torch.int32))
+        lanes, columns, blocks = upload(self._pending, torch.long, self.table.device).unbind(1)
+        self.table.index_put_((lanes, columns), blocks.to(torch.int32))
         self._pending.clear()
 
     def slots(self, lane: int, start: int, stop: int) -> torch.Tensor:
         """Flat cache indices (block * block_size + offset) of positions start..stop-1 of a lane."""
         positions = torch.arange(start, stop)
         blocks = torch.tensor(self.owned[lane], dtype=torch.long)[positions // self.block_size]
-        return (blocks * self.block_size + positions % self.block_size).to(self.table.device)
+        return upload(blocks * self.block_size + positions % self.block_size, torch.long, self.table.device)
 
     def write(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store (tokens, heads, dim) keys and values at flat cache indices."""
@@ -105,3 +104,13 @@ class PagedKV:
 def bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
     """Keys and values of one token across every layer."""
     return 2 * layers * kv_heads * head_dim * dtype.itemsize
+
+
+def upload(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host values (a list or a CPU tensor) on the device without waiting for it: a plain upload
+    synchronises the stream, so the host would stop until every queued step and prefill had run,
+    instead of launching the next ones meanwhile. Pinned memory makes the copy asynchronous."""
+    host = torch.as_tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)

@@ -14,6 +14,7 @@ MAX_RESTARTS times. Ray actors (engines/ray.py) plug into the same driver throug
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Protocol
 
+from dsocr_cli.engines.pixels import Pixels, SharedPixels
 from dsocr_cli.engines.worker import process_main
 from dsocr_cli.errors import DsocrError, ExitCode, show_path
 from dsocr_cli.options import EngineOptions
@@ -71,10 +73,13 @@ class Job:
     strict: bool
     urgent: bool  # asked for through predict: its outcome is awaited there, not streamed
     deaths: int = 0  # workers that died while holding it
+    pixels: Pixels | None = None  # its image in shared memory, until the worker has taken it
 
     def message(self) -> tuple:
-        """What travels to the worker: plain values only."""
-        return (self.id, self.page, self.prompt, self.strict)
+        """What travels to the worker: plain values only; the image stays here when its pixels
+        travel through shared memory."""
+        page = self.page if self.pixels is None else dataclasses.replace(self.page, image=None)
+        return (self.id, page, self.prompt, self.strict, self.pixels)
 
 
 @dataclass(eq=False)
@@ -118,8 +123,9 @@ class WorkerPool:
     continuous = True
     batch_size = 16  # what the pipeline's fallback path batches by; workers batch on their own
 
-    def __init__(self, launcher: Launcher, count: int, name: str, events=None):
+    def __init__(self, launcher: Launcher, count: int, name: str, events=None, pixels: SharedPixels | None = None):
         self.launcher = launcher
+        self.pixels = pixels  # workers on this host take page images from shared memory
         self.name = name
         self.events = events
         self.workers = [Worker(slot) for slot in range(count)]
@@ -208,6 +214,9 @@ class WorkerPool:
             if worker.conn is not None:
                 worker.conn.close()
                 worker.conn = None
+        if self.pixels is not None:
+            self.pixels.close()
+            log.debug("page images: %d through shared memory, %d whole", self.pixels.shared, self.pixels.whole)
 
     # --- the driver ----------------------------------------------------------------------------
 
@@ -246,6 +255,9 @@ class WorkerPool:
             worker.want, worker.holding = message[1], message[2]
             log.debug("worker %d asks for %d page(s), holding %d", worker.slot, worker.want, worker.holding)
             self._serve(worker)
+        elif kind == "taken":
+            for job_id in message[1]:
+                self._give_back(worker.held.get(job_id))
         elif kind == "result":
             self._result(worker, message[1], message[2])
         elif kind == "ready":
@@ -261,6 +273,7 @@ class WorkerPool:
 
     def _result(self, worker: Worker, job_id: int, outcome) -> None:
         job = worker.held.pop(job_id)
+        self._give_back(job)
         worker.suspect = worker.suspect and bool(worker.held)
         if isinstance(outcome, Prediction):
             worker.pages += 1
@@ -287,11 +300,23 @@ class WorkerPool:
             return
         for job in jobs:
             worker.held[job.id] = job
+            self._lend(job)
         worker.want = 0
         try:
             worker.conn.send([job.message() for job in jobs])
         except OSError:
             self._lost(worker)
+
+    def _lend(self, job: Job) -> None:
+        """Put the page's image in shared memory for a worker on this host (where there is room)."""
+        if self.pixels is not None and job.pixels is None:
+            job.pixels = self.pixels.lend(job.page.image)
+
+    def _give_back(self, job: Job | None) -> None:
+        """The worker holding the job has copied its image out, or is gone: its segment is free."""
+        if job is not None and job.pixels is not None:
+            self.pixels.give_back(job.pixels)
+            job.pixels = None
 
     def _jobs_for(self, worker: Worker) -> list[Job]:
         """Strict retries first; then pages from dead workers, one at a time to an empty worker
@@ -330,6 +355,7 @@ class WorkerPool:
         worker.held.clear()
         self._drop(worker)
         for job in held:
+            self._give_back(job)
             job.deaths += 1
             if job.deaths >= 2:
                 where = f"{show_path(job.page.source.path)}: page {job.page.number}"
@@ -443,4 +469,5 @@ def worker_count(options: EngineOptions) -> int:
 
 def start_pool(factory, options: EngineOptions, count: int, events=None) -> WorkerPool:
     """Spawn `count` workers running the engine `factory` builds and wait until all are loaded."""
-    return WorkerPool(ProcessLauncher(factory, options, count), count, options.engine, events).start()
+    launcher = ProcessLauncher(factory, options, count)
+    return WorkerPool(launcher, count, options.engine, events, pixels=SharedPixels()).start()

@@ -48,9 +48,19 @@ class FoldedSamAttention(modeling.DeepseekOcr2SamVisionAttention):
         every key row and every key column, as transformers computes them."""
         batch, heads, tokens, dim = query.shape
         grid = query.reshape(batch * heads, height, width, dim)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", grid, self.get_rel_pos(height, height, self.rel_pos_h))
-        rel_w = torch.einsum("bhwc,wkc->bhwk", grid, self.get_rel_pos(width, width, self.rel_pos_w))
+        rel_h = torch.einsum("bhwc,hkc->bhwk", grid, self._table(height, self.rel_pos_h))
+        rel_w = torch.einsum("bhwc,wkc->bhwk", grid, self._table(width, self.rel_pos_w))
         return rel_h.reshape(batch, heads, tokens, height), rel_w.reshape(batch, heads, tokens, width)
+
+    def _table(self, size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+        """transformers' get_rel_pos for a side of `size`, kept until the weights change: it builds
+        its index on the host, and the upload made the host wait for the GPU in every block of every
+        prefill, so the launches of a prefill could not run ahead of its kernels."""
+        tables = self.__dict__.setdefault("_tables", {})
+        key = (size, rel_pos.data_ptr(), rel_pos._version, rel_pos.dtype)
+        if key not in tables:
+            tables[key] = self.get_rel_pos(size, size, rel_pos)
+        return tables[key]
 
 
 @functools.lru_cache(maxsize=16)

@@ -6,7 +6,10 @@ holds. The same loop runs in a spawned process (engines/pool.py) and in a Ray ac
 (engines/ray.py); only the connection differs.
 
     worker -> driver   ("ready", info) | ("setup-failed", error) | ("want", n, holding) | ("result", id, outcome)
-    driver -> worker   a list of at most n jobs (id, page, prompt, strict); [] finish what you hold; None stop
+                       | ("taken", ids): these pages' images are copied out of shared memory
+    driver -> worker   a list of at most n jobs (id, page, prompt, strict, pixels); [] finish what you hold;
+                       None stop. `pixels` names the page's image in shared memory (engines/pixels.py),
+                       where the page came without it; None where the image came with the page.
 
 How many pages a request asks for (`n`): a streaming engine with a paged decoder asks for as many
 as fill its lanes, plus PREFETCH waiting, less the pages it holds (`holding`: every page sent to it
@@ -14,21 +17,26 @@ and not yet answered, admitted into a lane or not), at most MAX_ASK; so a decode
 lanes fills them in one round trip, and a worker never holds more than its lanes plus PREFETCH
 (plus what its engine's input threads read ahead). Other streaming engines ask for PREFETCH, and
 engines that batch for one batch. The driver may answer with fewer pages (what is ready now, and
-only a fair share once the input is exhausted), never with more.
+only a fair share once the input is exhausted), never with more. A streaming engine's requests
+go out from a thread of their own (`Fetcher`), as soon as the engine has taken the last page it
+was given, so the thread that drives the GPU does not wait out the round trip to the driver.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
+import queue
 import signal
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from dsocr_cli.child_process import exit_with_parent
+from dsocr_cli.engines.pixels import take
 from dsocr_cli.errors import DsocrError, ExitCode
 
 PREFETCH = 2  # pages a streaming worker holds beyond its free lanes: one to admit next, one waiting
@@ -79,9 +87,10 @@ def ask_size(engine, holding: int) -> int:
 def serve(engine, conn) -> None:
     """Ask for pages, run them, send each outcome back; until the driver says stop."""
     streams = getattr(engine, "continuous", False) and hasattr(engine, "stream")
+    conn = Link(conn)
     while True:
         conn.send(("want", ask_size(engine, 0) if streams else max(1, getattr(engine, "batch_size", 1)), 0))
-        jobs = conn.recv()
+        jobs = receive(conn)
         if jobs is None:
             return
         if not jobs:
@@ -93,37 +102,114 @@ def serve(engine, conn) -> None:
             _batches(engine, conn, jobs)
 
 
-def _stream(engine, conn, jobs: list) -> bool:
+def receive(conn) -> list | None:
+    """The driver's next answer, each page with its image: those that came through shared memory
+    are copied out of it, and the driver is told, so it can reuse their segments."""
+    jobs = conn.recv()
+    if not jobs:
+        return jobs
+    taken = [job[0] for job in jobs if job[4] is not None]
+    jobs = [
+        (i, page if pixels is None else dataclasses.replace(page, image=take(pixels)), prompt, strict)
+        for i, page, prompt, strict, pixels in jobs
+    ]
+    if taken:
+        conn.send(("taken", taken))
+    return jobs
+
+
+class Link:
+    """The connection to the driver, sent on from two threads (the engine's and the Fetcher's):
+    a message is written whole before the next begins."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, message) -> None:
+        """One message to the driver, whole."""
+        with self.lock:
+            self.conn.send(message)
+
+    def recv(self):
+        """The driver's next message (one thread at a time reads: the Fetcher while a stream runs)."""
+        return self.conn.recv()
+
+
+class Fetcher:
+    """Pages from the driver for a streaming engine, asked for on a thread of its own: the request
+    goes out as soon as the engine has taken the last page it was given, and the engine waits
+    only when it wants a page before the answer is back. Runs until the driver answers [] or None."""
+
+    def __init__(self, conn: Link, jobs: list):
+        self.conn = conn
+        self.waiting = deque(jobs)
+        self.asks: queue.Queue = queue.Queue()  # (n, holding) requests for the thread to send
+        self.answers: queue.Queue = queue.Queue()  # the driver's answers, in order
+        self.asked = False  # a request is out and its answer not yet taken
+        self.stopped = False  # the driver said stop
+        threading.Thread(target=self._run, name="dsocr-fetch", daemon=True).start()
+
+    def ask(self, count: int, holding: int) -> None:
+        """Ask for `count` more pages now, unless pages still wait or a request is already out."""
+        if not self.waiting and not self.asked:
+            self.asked = True
+            self.asks.put((count, holding))
+
+    def next(self) -> tuple | None:
+        """The next job, waiting for the driver's answer if need be; None when the driver has
+        nothing more for now, or said stop (`stopped`)."""
+        if not self.waiting:
+            more = self.answers.get()
+            self.asked = False
+            if isinstance(more, BaseException):  # the thread failed: the engine's thread ends the worker
+                raise more
+            if not more:
+                self.stopped = more is None
+                return None
+            self.waiting.extend(more)
+        return self.waiting.popleft()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                count, holding = self.asks.get()
+                self.conn.send(("want", count, holding))
+                more = receive(self.conn)
+                self.answers.put(more)
+                if not more:  # None (stop) or [] (nothing more now): the stream ends, so does this thread
+                    return
+        except BaseException as exc:  # the driver gone, or a page that cannot be taken: never a silent hang
+            self.answers.put(exc)
+
+
+def _stream(engine, conn: Link, jobs: list) -> bool:
     """Feed the engine's continuous stream from the driver until the driver has nothing more for
-    now; True when the driver said stop."""
-    waiting = deque(jobs)
+    now; True when the driver said stop. The engine reads its pages to the end (the driver's [] or
+    None), so no request of the Fetcher is left unanswered when this returns."""
+    fetcher = Fetcher(conn, jobs)
     held: dict[object, tuple] = {}  # page -> job, for pages inside the engine (an engine may hand back
     # a copy of a page, without its bulky inputs: pages are compared by document and index)
-    stopped = False
 
     def incoming() -> Iterator:
-        """Pages for the engine, asking the driver for more as the engine takes them."""
-        nonlocal stopped
+        """Pages for the engine; more are asked for as soon as the last one given is taken."""
         while True:
-            if not waiting:
-                conn.send(("want", ask_size(engine, len(held)), len(held)))
-                more = conn.recv()
-                if not more:  # None (stop) or [] (nothing more now): let the engine finish what it holds
-                    stopped = more is None
-                    return
-                waiting.extend(more)
-            job = waiting.popleft()
+            fetcher.ask(ask_size(engine, len(held)), len(held))
+            job = fetcher.next()
+            if job is None:  # let the engine finish what it holds
+                return
             if job[3]:  # a strict retry goes through predict, right away
                 _send(conn, job[0], _predict_one(engine, job))
                 continue
             held[job[1]] = job
+            fetcher.ask(ask_size(engine, len(held)), len(held))
             yield job[1]
 
     first = jobs[0]
     for page, outcome in engine.stream(incoming(), first[2]):
         job = held.pop(page)
         _send(conn, job[0], outcome)
-    return stopped
+    return fetcher.stopped
 
 
 def _batches(engine, conn, jobs: list) -> None:
@@ -165,7 +251,7 @@ def process_main(slot: int, factory, options, conn, environment: dict, parent: i
     """A spawned worker process: pin the device, load the engine, serve until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what an interrupt means
     os.environ.update(environment)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    exit_with_parent(parent)
     with contextlib.suppress(EOFError, OSError):  # the driver is gone
         load_and_serve(slot, factory, options, conn)
 
@@ -181,10 +267,3 @@ def load_and_serve(slot: int, factory, options, conn) -> bool:
     conn.send(("ready", worker_info(engine, slot)))
     serve(engine, conn)
     return True
-
-
-def _exit_with_parent(parent: int) -> None:
-    """No worker outlives its driver, even one killed with -9."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)

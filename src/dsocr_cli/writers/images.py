@@ -16,13 +16,13 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from dsocr_cli.child_process import exit_with_parent
 from dsocr_cli.render import render_region
 from dsocr_cli.types import Box, PageResult
 from dsocr_cli.writers.annotate import annotate
@@ -167,10 +167,4 @@ def _as_helper(parent: int) -> None:
     when the main process is gone, even one killed with -9."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
+    exit_with_parent(parent)
