@@ -281,16 +281,8 @@ def test_no_worker_outlives_a_consumer_that_raises(tmp_path):
     assert wait_until_gone(mark) == []
 
 
-INTERRUPT_DEFECT = (
-    "known defect: a SIGINT while documents commit in the background has, on a loaded CI machine, "
-    "left dsocr running for over 60 s; SIGTERM is unaffected"
-)
-
-
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
-@pytest.mark.parametrize(
-    "signum", [pytest.param(signal.SIGINT, marks=pytest.mark.skip(reason=INTERRUPT_DEFECT)), signal.SIGTERM]
-)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_no_worker_outlives_an_interrupted_run(tiny_model, tmp_path, signum):
     """The signal goes to the whole process group, as Ctrl-C does: workers ignore it, dsocr ends them.
     Enough work that the run is still going when the first document is written (commits run in the

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dsocr_cli import __version__
+from dsocr_cli import __version__, interrupt
 from dsocr_cli.console import ConsoleEvents, Environment, setup_logging
 from dsocr_cli.errors import DsocrError, ExitCode, NoInputError, UsageError
 from dsocr_cli.options import (
@@ -206,6 +205,8 @@ def _run_pipeline(env, options, engine, output, events, sources, rejected, json_
     except KeyboardInterrupt:
         summary = pipeline.summary
         summary.interrupted = True
+    if interrupt.received():  # a signal whose KeyboardInterrupt was lost after the run's last step
+        summary.interrupted = True
     code = exit_code(summary, rejected)
     record = summary_record(summary, rejected, settings_record(options), int(code))
     if hasattr(engine, "stats"):
@@ -229,9 +230,11 @@ def _execute(verbose: bool, quiet: bool, body) -> None:
     """Run a command body and turn its outcome into an exit code and at most one error line."""
     env = ENV or Environment.isolate_stdout()
     setup_logging(env, verbose, quiet)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupt.install()
     try:
         code = body(env)
+        if interrupt.received():  # a signal whose KeyboardInterrupt was lost on the way
+            code = ExitCode.INTERRUPTED
     except DsocrError as exc:
         log.error("%s", exc.one_line(), exc_info=verbose)
         code = exc.exit_code
@@ -249,10 +252,6 @@ def _execute(verbose: bool, quiet: bool, body) -> None:
     finally:
         env.data.flush()
     raise typer.Exit(int(code))
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _ocr_command(name: str, want, help_text: str):

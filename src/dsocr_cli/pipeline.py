@@ -20,7 +20,7 @@ from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dsocr_cli import grounding
+from dsocr_cli import grounding, interrupt
 from dsocr_cli.discover import Rejected
 from dsocr_cli.engines import Engine
 from dsocr_cli.errors import DsocrError, ExitCode, show_path
@@ -114,6 +114,7 @@ class Pipeline:
             else:
                 self._run_batches(sources)
             self._settle(keep=0)
+            interrupt.check()
         except (KeyboardInterrupt, DsocrError) as exc:
             self.summary.interrupted = isinstance(exc, KeyboardInterrupt)
             for doc in list(self.open.values()):
@@ -181,6 +182,7 @@ class Pipeline:
         """The pages of open documents, acting on each document's start, end and failure on the way."""
         render = self.options.render
         for item in page_stream(self._to_do(sources), render, prepare=self._preparer(), workers=render.workers):
+            interrupt.check()
             if isinstance(item, PageImage):
                 if item.source in self.open:
                     yield item
@@ -233,6 +235,7 @@ class Pipeline:
     def _handle(self, predicted: list[tuple[PageImage, Prediction | Exception]]) -> None:
         """Parse each page's output and hand it to its document; commit documents that are whole."""
         for page, prediction in predicted:
+            interrupt.check()
             doc = self.open.get(page.source)
             if doc is None:
                 continue
@@ -295,6 +298,7 @@ class Pipeline:
         """Record every document whose commit has ended, first waiting for the oldest while more
         than `keep` are still being written."""
         while len(self.committing) > keep:
+            wait_all([self.committing[0].future])  # interrupted here, it is still there for _abandon_commits
             self._committed(self.committing.popleft())
         for commit in [c for c in self.committing if c.future.done()]:
             self.committing.remove(commit)

@@ -10,6 +10,7 @@ committed only once all of its jobs have written theirs (`Painter.wait`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -92,7 +93,8 @@ class Painter:
             while len(self.pending) >= self.limit:  # any job ending makes room: a long PDF holds up no page
                 wait(self.pending, return_when=FIRST_COMPLETED)
                 self.pending = deque(f for f in self.pending if not f.done())  # each document sees its own outcome
-            future = self._executor().submit(job, *args)
+            with _sigint_blocked():  # the job may start a process
+                future = self._executor().submit(job, *args)
             self.pending.append(future)
             return future
 
@@ -105,8 +107,9 @@ class Painter:
             if self.executor is not None:
                 return
             executor = self._executor()
-            for _ in range(self.processes):  # a process is spawned for each job no idle one can take
-                executor.submit(_ready)
+            with _sigint_blocked():
+                for _ in range(self.processes):  # a process is spawned for each job no idle one can take
+                    executor.submit(_ready)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self.executor is None or getattr(self.executor, "_broken", False):  # a killed process breaks the pool
@@ -148,8 +151,20 @@ def _ready() -> None:
     """The job that makes a process start."""
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Processes started meanwhile begin with SIGINT blocked, so a Ctrl-C while they import cannot
+    end them (a traceback, a broken pool) before `_as_helper` ignores it."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _as_helper(parent: int) -> None:
     """A painter process ignores interrupts (the main process decides what they mean) and exits
     when the main process is gone, even one killed with -9."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     exit_with_parent(parent)

@@ -252,9 +252,11 @@ class TreeOutput:
         return not self.options.force and is_done(self.out.joinpath(*source.key.split("/")), source, settings)
 
     def close(self) -> None:
-        """After the run: let the writers finish, then release the output lock."""
+        """After the run: let the writers finish, clear what an interrupted one left in staging, then
+        release the output lock."""
         self.file_writer.shutdown(wait=True)
         self.painter.close()
+        shutil.rmtree(self.out / STAGING, ignore_errors=True)
         self.lock.release()
 
     def open(self, source: Source) -> DocumentFolder:
