@@ -308,7 +308,7 @@ def test_no_worker_outlives_an_interrupted_run(tiny_model, tmp_path, signum):
         command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
     deadline = time.monotonic() + 240
-    while not list(out.rglob("document.json")) and time.monotonic() < deadline and run.poll() is None:
+    while not list(out.glob("*/document.json")) and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.1)
     os.killpg(run.pid, signum)
     _, stderr = run.communicate(timeout=60)
