@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from ray.cluster_utils import Cluster
 
-from conftest import offline_env
-from test_workers import Run, corpus, summary, tree
+from conftest import offline_env, small_corpus
+from test_workers import Run, summary, tree
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def cluster():
 
 def test_ray_actors_write_the_same_tree_as_one_process(dsocr, cluster, tmp_path):
     nodes, _ = cluster
-    inputs = corpus(tmp_path / "in")
+    inputs = small_corpus(tmp_path / "in")
     env = offline_env(OMP_NUM_THREADS="1")  # Ray's actors run with one thread each too
     single = dsocr("run", str(inputs), "-o", str(tmp_path / "single"), "--workers", "1", env=env)
     assert single.returncode == 0, single.stderr
@@ -38,7 +38,7 @@ def test_ray_actors_write_the_same_tree_as_one_process(dsocr, cluster, tmp_path)
 
 def test_a_node_removed_mid_run_loses_and_duplicates_nothing(tiny_model, cluster, tmp_path):
     nodes, second = cluster
-    inputs = corpus(tmp_path / "in")
+    inputs = small_corpus(tmp_path / "in")
     out = tmp_path / "out"
     # One lane per actor, so both still hold a page when the first document is done and the node goes.
     args = ["--ray", nodes.address, "--workers", "2", "--max-new-tokens", "200", "--batch-size", "1"]
@@ -55,7 +55,7 @@ def test_a_node_removed_mid_run_loses_and_duplicates_nothing(tiny_model, cluster
 
 
 def test_an_unreachable_cluster_is_a_setup_error(dsocr, tmp_path):
-    inputs = corpus(tmp_path / "in")
+    inputs = small_corpus(tmp_path / "in")
     result = dsocr("run", str(inputs), "-o", str(tmp_path / "out"), "--ray", "127.0.0.1:9", timeout=180)
     assert result.returncode == 4, result.stderr
     assert "cannot reach the Ray cluster at 127.0.0.1:9" in result.stderr
