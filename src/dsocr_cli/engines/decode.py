@@ -466,10 +466,14 @@ class PagedDecoder:
         have moved it since); one preempted since is left to end when it resumes."""
         if snapshot.done is not None:
             snapshot.done.synchronize()  # the step read, not the one queued behind it
+        codes, counts = snapshot.state.tolist()
+        ended = [(lane, kind, counts[lane]) for lane, kind in enumerate(codes) if kind and lane in snapshot.owners]
+        if not ended:  # most steps: no lane to look up
+            return
         now = {id(seq): lane for lane, seq in self.lanes.items()}
-        for lane, (kind, count) in enumerate(zip(*snapshot.state.tolist(), strict=True)):
-            seq = snapshot.owners.get(lane) if kind else None
-            if seq is not None and id(seq) in now:
+        for lane, kind, count in ended:
+            seq = snapshot.owners[lane]
+            if id(seq) in now:
                 yield from self._end(now[id(seq)], kind, count)
 
     def _end(self, lane: int, kind: int, count: int) -> Iterator[Finished]:

@@ -203,19 +203,24 @@ class DocumentFolder:
             dpi = self.pages[order[0]]["dpi"] or 144.0
             self._queue(pdf_files.write_layout_pdf, self.staging, annotated, dpi)
         self.painter.wait(self.jobs)
-        with self.lock:
-            if self.aborted:
-                raise OSError("aborted before it was committed")
-            self.staging.mkdir(parents=True, exist_ok=True)
-            replace_dir(self.staging, self.final)
+        self._unless_aborted(self._move_into_place)
         return [str(self.final / name) for name in self._names()]
 
     def _queue(self, job, *args) -> None:
         """A document job for the painter, unless the document was aborted meanwhile."""
+        self.jobs.append(self._unless_aborted(self.painter.submit, job, *args))
+
+    def _move_into_place(self) -> None:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        replace_dir(self.staging, self.final)
+
+    def _unless_aborted(self, act, *args):
+        """`act` under the lock that `abort` takes, so an abort from another thread comes wholly
+        before it (which then raises) or after it."""
         with self.lock:
             if self.aborted:
                 raise OSError("aborted before it was committed")
-            self.jobs.append(self.painter.submit(job, *args))
+            return act(*args)
 
     def _names(self) -> list[str]:
         """The document's files besides its pages' own, as run summaries list them."""
@@ -268,10 +273,10 @@ class TreeOutput:
         """Nothing to do: a document's folder is complete at commit, and the summary comes at the end."""
 
     def write_summary(self, record: dict) -> Path:
-        """summary.json and the report at the top of OUT; staging debris is cleared."""
+        """summary.json and the report at the top of OUT (staging is cleared by `close`, once the
+        writers' processes have stopped)."""
         path = self.out / "summary.json"
         write_json(path, record)
-        shutil.rmtree(self.out / STAGING, ignore_errors=True)
         if self.options.report:
             self._write_report(record)
         return path
