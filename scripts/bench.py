@@ -20,6 +20,7 @@ retries on).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import sys
@@ -653,6 +654,7 @@ def run(model: str, names: list[str], device: str, count: int, folder: Path, win
         else:
             raise SystemExit(f"unknown configuration {name}")
         print(json.dumps(result), flush=True)
+        gc.collect()  # the configuration's engine and decoder (cache, graphs), or the next one's peak counts them
         if device == "cuda":
             torch.cuda.empty_cache()
 

@@ -148,7 +148,7 @@ class PagedDecoder:
         self.steps = 0
         self.admitted = 0
         self.preemptions = 0
-        self.prefill_seconds = 0.0
+        self.prefill_clock = PrefillClock(device)
         self.timeline: list[tuple[float, str, int]] | None = None  # (time, event, count) when recording
 
     # ---- the decode step: fixed shapes per bucket, no host synchronisation ----
@@ -259,7 +259,7 @@ class PagedDecoder:
         pending = iter(items)
         exhausted = False
         started = time.perf_counter()
-        self.prefill_seconds = 0.0
+        self.prefill_clock = PrefillClock(self.device)
         ended: list[Finished] = []
         previous: _Snapshot | None = None  # the last step launched, its ends not yet read
         while True:
@@ -282,12 +282,20 @@ class PagedDecoder:
             if previous is None and not ended and not self.lanes and exhausted and not self.queue:
                 return
 
+    @property
+    def prefill_seconds(self) -> float:
+        """The run's prefill time so far: on CUDA the GPU's, of the prefills that have passed."""
+        self.prefill_clock.running()
+        return self.prefill_clock.seconds
+
     def _may_prefill(self, started: float) -> bool:
-        """Prefill shares the GPU with running lanes: while any run, it may take at most
-        `prefill_share` of the time, so a long queue of admissions never stalls decoding."""
+        """Prefill shares the GPU with running lanes: while any run, one prefill is queued at a time
+        and prefills take at most `prefill_share` of the time, so admissions never stall decoding."""
         if not self.lanes:
             return True
-        return self.prefill_seconds <= self.config.prefill_share * (time.perf_counter() - started)
+        if self.prefill_clock.running():
+            return False
+        return self.prefill_clock.seconds <= self.config.prefill_share * (time.perf_counter() - started)
 
     def _admit(self, pending: Iterator) -> Iterator[Finished]:
         """Prefill one group of waiting sequences into free lanes; return True once `pending` is empty.
@@ -317,9 +325,9 @@ class PagedDecoder:
             tokens += need
             spare -= blocks
         if group:
-            began = time.perf_counter()
+            began = self.prefill_clock.start()
             yield from self._prefill_group(group)
-            self.prefill_seconds += time.perf_counter() - began
+            self.prefill_clock.stop(began)
         return exhausted and not self.queue
 
     def _headroom(self) -> int:
@@ -490,6 +498,42 @@ class PagedDecoder:
 
 
 _END = object()
+
+
+class PrefillClock:
+    """How long prefills take. On CUDA the host no longer waits for a prefill it launches, so its
+    own clock would count only the launch: events around each prefill give the GPU's time, read
+    once they have passed, never waited for. Elsewhere the work is synchronous and the host's
+    clock is the measure."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds = 0.0
+        self.pending: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
+
+    def start(self):
+        """A mark before a prefill is queued."""
+        if not self.cuda:
+            return time.perf_counter()
+        mark = torch.cuda.Event(enable_timing=True)
+        mark.record()
+        return mark
+
+    def stop(self, began) -> None:
+        """A mark after it; its time counts once the GPU has passed it."""
+        if not self.cuda:
+            self.seconds += time.perf_counter() - began
+            return
+        mark = torch.cuda.Event(enable_timing=True)
+        mark.record()
+        self.pending.append((began, mark))
+
+    def running(self) -> bool:
+        """Whether a prefill is still queued or running on the GPU; counts those that have passed."""
+        while self.pending and self.pending[0][1].query():
+            began, ended = self.pending.popleft()
+            self.seconds += began.elapsed_time(ended) / 1000
+        return bool(self.pending)
 
 
 def _buckets(lanes: int) -> list[int]:

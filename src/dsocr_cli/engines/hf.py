@@ -160,15 +160,15 @@ class HFEngine:
 
         inputs, lengths = self._collate(group, prompt)
         with torch.inference_mode():
-            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-        cache = getattr(out, "cache", None) or out.past_key_values
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        return out.logits[:, -1, :], layers, lengths
+            logits, layers = prefill_forward(self.model, inputs)
+        return logits, layers, lengths
 
     def _collate(self, group: list[tuple[PageImage, list[int]]], prompt: str) -> tuple[dict, list[int]]:
         """Per-page inputs (made by a render worker, or here) joined into one batch: ids left-padded,
         resumed tokens appended, positions counted from each row's first real token."""
         import torch
+
+        from dsocr_cli.engines.kv import upload
 
         made = [self.remake.inputs(page) if self.remake else page.inputs for page, _ in group]
         parts = [
@@ -186,11 +186,11 @@ class HFEngine:
         for i, row in enumerate(rows):
             ids[i, width - len(row) :] = row
             mask[i, width - len(row) :] = 1
-        inputs = self._to_device({
-            "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-        })  # fmt: skip
+        device = torch.device(self.device)
+        inputs = {"input_ids": upload(ids, torch.long, device)}
+        inputs["position_ids"] = upload((mask.cumsum(-1) - 1).clamp(min=0), torch.long, device)
+        if min(lengths) < width:  # rows of one length need no mask: SDPA's causal kernel serves them
+            inputs["attention_mask"] = padded_causal_mask(upload(mask, torch.long, device))
         # Tile counts stay on the host: the model reads them back as a list, which from the GPU
         # would wait for the decode step in flight before the vision encoder could be launched.
         inputs["num_local_patches"] = torch.cat([torch.as_tensor(p["num_local_patches"]).view(-1) for p in parts])
@@ -309,6 +309,45 @@ class HFEngine:
         for token in self.strip_tokens:
             text = text.replace(token, "")
         return Prediction(text=text, tokens=len(ids), finish=finish, seconds=seconds, attempts=attempts)
+
+
+def prefill_forward(model, inputs: dict):
+    """DeepSeek-OCR-2's forward for a prefill: first-token logits and every layer's keys and values.
+
+    The same modules as the model's own forward, without its checks that read values back from the
+    GPU (the image placeholders' count, which the processor made to match; the scan of a 2D padding
+    mask). Each made the host wait for the vision encoder before it could queue the text model, so
+    a prefill cost its launch time plus its GPU time instead of overlapping them."""
+    import torch
+
+    core = model.model
+    ids = inputs["input_ids"]
+    embeds = core.get_input_embeddings()(ids)
+    if inputs.get("pixel_values") is not None:
+        views = core.get_image_features(
+            inputs["pixel_values"], inputs.get("pixel_values_local"), inputs["num_local_patches"], return_dict=True
+        ).pooler_output
+        features = torch.cat(views).to(embeds.dtype)
+        embeds = embeds.masked_scatter((ids == model.config.image_token_id).unsqueeze(-1), features)
+    out = core.language_model(
+        inputs_embeds=embeds,
+        attention_mask=inputs.get("attention_mask"),
+        position_ids=inputs["position_ids"],
+        use_cache=True,
+    )
+    cache = getattr(out, "cache", None) or out.past_key_values
+    return model.lm_head(out.last_hidden_state[:, -1]), [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def padded_causal_mask(mask):
+    """The 4D boolean mask of a left-padded batch, made on the mask's device: causal over real keys.
+    A padding query attends to itself only (a row with no key would give NaN and is never read)."""
+    import torch
+
+    width = mask.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=mask.device).tril()
+    itself = torch.eye(width, dtype=torch.bool, device=mask.device)
+    return (causal & mask.bool()[:, None, None, :]) | itself
 
 
 def mode_kwargs(mode: str, processor) -> dict:
