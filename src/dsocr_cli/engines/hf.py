@@ -38,6 +38,9 @@ PREPARE_THREADS = 6  # threads making page inputs ahead of the decoder on CUDA
 # After each wait on the GPU the decoding thread needs the GIL back to launch the next step, while
 # the input and writer threads run Python; Python's default 5 ms hand-over could cost a whole step.
 SWITCH_INTERVAL = 0.001
+# A prefill is thousands of eager kernel launches, tens of milliseconds of Python: while they are
+# made, the decoding thread keeps the GIL in longer turns, or the GPU runs ahead of them and waits.
+PREFILL_SWITCH_INTERVAL = 0.02
 TEXT_ROOM = 256  # prompt text tokens the decoder is built for; a longer custom prompt rebuilds it
 
 
@@ -158,9 +161,14 @@ class HFEngine:
         every layer's keys and values, and each row's length (prompt plus any resumed tokens)."""
         import torch
 
-        inputs, lengths = self._collate(group, prompt)
-        with torch.inference_mode():
-            logits, layers = prefill_forward(self.model, inputs)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(max(interval, PREFILL_SWITCH_INTERVAL))
+        try:
+            inputs, lengths = self._collate(group, prompt)
+            with torch.inference_mode():
+                logits, layers = prefill_forward(self.model, inputs)
+        finally:
+            sys.setswitchinterval(interval)
         return logits, layers, lengths
 
     def _collate(self, group: list[tuple[PageImage, list[int]]], prompt: str) -> tuple[dict, list[int]]:
