@@ -198,7 +198,7 @@ class HFEngine:
         inputs = {"input_ids": upload(ids, torch.long, device)}
         inputs["position_ids"] = upload((mask.cumsum(-1) - 1).clamp(min=0), torch.long, device)
         if min(lengths) < width:  # rows of one length need no mask: SDPA's causal kernel serves them
-            inputs["attention_mask"] = padded_causal_mask(upload(mask, torch.long, device))
+            inputs["attention_mask"] = padded_causal_mask(upload(mask, torch.bool, device))
         # Tile counts stay on the host: the model reads them back as a list, which from the GPU
         # would wait for the decode step in flight before the vision encoder could be launched.
         inputs["num_local_patches"] = torch.cat([torch.as_tensor(p["num_local_patches"]).view(-1) for p in parts])
@@ -348,14 +348,14 @@ def prefill_forward(model, inputs: dict):
 
 
 def padded_causal_mask(mask):
-    """The 4D boolean mask of a left-padded batch, made on the mask's device: causal over real keys.
+    """The 4D mask of a left-padded batch from its 2D boolean one, made on its device: causal over real keys.
     A padding query attends to itself only (a row with no key would give NaN and is never read)."""
     import torch
 
     width = mask.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=mask.device).tril()
     itself = torch.eye(width, dtype=torch.bool, device=mask.device)
-    return (causal & mask.bool()[:, None, None, :]) | itself
+    return (causal & mask[:, None, None, :]) | itself
 
 
 def mode_kwargs(mode: str, processor) -> dict:
