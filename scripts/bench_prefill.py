@@ -7,7 +7,7 @@ variant with the GPU milliseconds per page of each part, timed by CUDA events ar
 and the top kernels of the engine as loaded.
 
     python scripts/bench_prefill.py --model /tmp/full              # after scripts/bench.py --build /tmp/full
-    python scripts/bench_prefill.py --model /tmp/full --variants folded,transformers,compile
+    python scripts/bench_prefill.py --model /tmp/full --variants folded,graphs,transformers,compile
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ class PartTimer:
 
 
 def measure(engine, group, prompt, timer, repeats: int) -> dict:
+    """GPU time per page (events around the prefill: kernels and any wait for their launches) and
+    the host's time to launch it; modules replayed from a CUDA graph have no part times."""
     import torch
 
     engine._prefill(group, prompt)
@@ -74,19 +76,39 @@ def measure(engine, group, prompt, timer, repeats: int) -> dict:
     totals: dict[str, float] = {}
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
-    whole = 0.0
+    whole = launch = 0.0
     for _ in range(repeats):
+        torch.cuda.synchronize()
+        began = time.perf_counter()
         start.record()
         engine._prefill(group, prompt)
         end.record()
+        launch += time.perf_counter() - began
         torch.cuda.synchronize()
         whole += start.elapsed_time(end)
         for name, ms in timer.take().items():
             totals[name] = totals.get(name, 0.0) + ms
     per_page = len(group) * repeats
-    return {"prefill_ms_per_page": round(whole / per_page, 2)} | {
-        f"{name}_ms_per_page": round(ms / per_page, 2) for name, ms in totals.items()
-    }
+    return {
+        "prefill_ms_per_page": round(whole / per_page, 2),
+        "launch_ms_per_page": round(1000 * launch / per_page, 2),
+    } | {f"{name}_ms_per_page": round(ms / per_page, 2) for name, ms in totals.items() if ms}
+
+
+def graphs_agree(engine, sides) -> dict:
+    """Replayed graphs against the eager modules, per side, for view counts that need several
+    chunks: the largest difference relative to the features' range."""
+    import torch
+
+    result = {}
+    with torch.inference_mode():
+        for side in sides:
+            for count in (1, 3, 8, 13):
+                pixels = torch.randn(count, 3, side, side, device="cuda", dtype=engine.dtype)
+                eager, graphed = engine.views.eager(pixels), engine.views(pixels)
+                spread = float((eager - graphed).abs().max() / eager.abs().max())
+                result[f"{side}x{count}"] = round(spread, 4)
+    return result
 
 
 def top_kernels(engine, group, prompt, count: int = 20) -> list:
@@ -158,7 +180,7 @@ def backend(name: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--variants", default="folded,transformers")
+    parser.add_argument("--variants", default="folded,graphs,transformers")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -191,7 +213,15 @@ def main() -> None:
     for variant in args.variants.split(","):
         result = {"variant": variant}
         try:
+            if variant == "graphs":  # the vision tower replayed from CUDA graphs, as the decoder runs it
+                eager = first_tokens(engine, groups, prompt)
+                began = time.perf_counter()
+                result["captured"] = engine.views.warm_up(engine._view_sides())
+                result["capture_s"] = round(time.perf_counter() - began, 2)
+                result["same_first_tokens_as_eager"] = agreement(eager, first_tokens(engine, groups, prompt))
+                result["features_vs_eager"] = graphs_agree(engine, engine._view_sides())
             if variant == "transformers":  # SAM's attention as transformers ships it: a dense bias
+                engine.views.graphs.clear()
                 folded = first_tokens(engine, groups, prompt)
                 unfold_sam_attention(model)
                 result["same_first_tokens"] = agreement(folded, first_tokens(engine, groups, prompt))

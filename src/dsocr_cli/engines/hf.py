@@ -52,6 +52,8 @@ class HFEngine:
     decoder_class = None  # SlotDecoder unless a subclass (the benchmark) brings its own
 
     def __init__(self, model, processor, options: EngineOptions, device: str, dtype, source: str | None = None):
+        from dsocr_cli.engines.views import ViewEncoder
+
         self.model = model
         self.source = source or options.model  # where render workers load the processor from
         self.processor = processor
@@ -69,6 +71,7 @@ class HFEngine:
         self.strip_tokens = [t for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) if t]
         self.image_kwargs = mode_kwargs(options.mode, processor)
         self.decoder = None  # the continuous-batching decoder, built on first use
+        self.views = ViewEncoder(model)  # the prefill's vision tower; its CUDA graphs come with the decoder
         self.remake = None  # inputs remade in the background for pages the decoder takes back
         self.continuous = options.decoder == "slots"
         self.retries_inside = self.continuous  # the decoder retries loops itself, without blocking
@@ -129,6 +132,7 @@ class HFEngine:
         )
         self.decoder = (self.decoder_class or PagedDecoder)(self.model, config)
         self.decoder.warm_up()
+        self.views.warm_up(self._view_sides())
         log.info(
             "continuous batching: %d lanes, %d cache blocks of %d tokens (%.1f GiB)",
             lanes,
@@ -137,6 +141,12 @@ class HFEngine:
             blocks * BLOCK_SIZE * self._kv_bytes_per_token() / 2**30,
         )
         return self.decoder
+
+    def _view_sides(self) -> tuple[int, ...]:
+        """The pixel sides of the views a page can give: the global view and the tiles."""
+        image = self.processor.image_processor
+        tile = image.size["height"] if self.options.mode == "base" else image.tile_size
+        return tuple(dict.fromkeys((image.size["height"], tile)))
 
     def preparer(self, prompt: str) -> Preprocess:
         """What a render worker runs on each page: the processor's work, off the main process."""
@@ -166,7 +176,7 @@ class HFEngine:
         try:
             inputs, lengths = self._collate(group, prompt)
             with torch.inference_mode():
-                logits, layers = prefill_forward(self.model, inputs)
+                logits, layers = prefill_forward(self.model, inputs, self.views)
         finally:
             sys.setswitchinterval(interval)
         return logits, layers, lengths
@@ -319,23 +329,21 @@ class HFEngine:
         return Prediction(text=text, tokens=len(ids), finish=finish, seconds=seconds, attempts=attempts)
 
 
-def prefill_forward(model, inputs: dict):
+def prefill_forward(model, inputs: dict, encode=None):
     """DeepSeek-OCR-2's forward for a prefill: first-token logits and every layer's keys and values.
 
     The same modules as the model's own forward, without its checks that read values back from the
     GPU (the image placeholders' count, which the processor made to match; the scan of a 2D padding
     mask). Each made the host wait for the vision encoder before it could queue the text model, so
-    a prefill cost its launch time plus its GPU time instead of overlapping them."""
-    import torch
+    a prefill cost its launch time plus its GPU time instead of overlapping them. `encode` runs the
+    vision tower on a batch of views (engines/views.py: replayed CUDA graphs); by default eagerly."""
+    from dsocr_cli.engines.views import ViewEncoder, page_features
 
     core = model.model
     ids = inputs["input_ids"]
     embeds = core.get_input_embeddings()(ids)
     if inputs.get("pixel_values") is not None:
-        views = core.get_image_features(
-            inputs["pixel_values"], inputs.get("pixel_values_local"), inputs["num_local_patches"], return_dict=True
-        ).pooler_output
-        features = torch.cat(views).to(embeds.dtype)
+        features = page_features(encode or ViewEncoder(model), core, inputs).to(embeds.dtype)
         embeds = embeds.masked_scatter((ids == model.config.image_token_id).unsqueeze(-1), features)
     out = core.language_model(
         inputs_embeds=embeds,
