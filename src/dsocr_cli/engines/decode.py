@@ -51,7 +51,7 @@ class _Sequence:
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """How each lane stood after a step: (how it ended: 0 running, 1 done, 2 looping; tokens),
+    """How each lane stood after a step: (how it ended: 0 running, else a key of `_ENDS`; tokens),
     on the host once `done` has passed; `owners` are the sequences the lanes held at that step."""
 
     state: torch.Tensor  # (2, bucket)
@@ -145,6 +145,8 @@ class PagedDecoder:
         self.lanes: dict[int, _Sequence] = {}  # lane -> the sequence in it
         self.lengths = [0] * lanes  # host mirror of `positions`: what each lane's cache holds
         self.queue: deque[_Sequence] = deque()  # preempted and retried sequences, before new pages
+        # Ended sequences whose tokens are being copied to the host: (sequence, finish, ids, copied)
+        self.closing: deque[tuple[_Sequence, str, torch.Tensor, torch.cuda.Event | None]] = deque()
         self.steps = 0
         self.admitted = 0
         self.preemptions = 0
@@ -277,7 +279,9 @@ class PagedDecoder:
             # both run, so the host's work between steps no longer leaves the GPU idle. A sequence
             # that ended is stepped once more, harmlessly: its tokens are read up to its end.
             yield from ended
-            ended = list(self._collect(previous)) if previous is not None else []
+            if previous is not None:
+                self._collect(previous)
+            ended = list(self._closed(wait=launched is None))
             previous = launched
             if previous is None and not ended and not self.lanes and exhausted and not self.queue:
                 return
@@ -453,8 +457,9 @@ class PagedDecoder:
         b = self._bucket()
         generated = self.generated[:b]
         last = self.history[:b].gather(1, (generated - 1).clamp(min=0)[:, None]).squeeze(1)
-        ended = (last == self.config.eos_id) | (generated >= self.config.max_new_tokens)
-        code = ended.long()
+        eos = last == self.config.eos_id
+        ended = eos | (generated >= self.config.max_new_tokens)
+        code = torch.where(eos, 1, torch.where(ended, 3, 0))
         if self.steps % self.config.loop_every == 0:
             loops = looping(self.history[:b], generated, self.config.loop_span, self.config.loop_period)
             code = torch.where(loops & ~ended, 2, code)
@@ -469,8 +474,8 @@ class PagedDecoder:
         done.record()
         return _Snapshot(host, done, dict(self.lanes))
 
-    def _collect(self, snapshot: _Snapshot) -> Iterator[Finished]:
-        """The sequences that ended at a step, each ended in the lane it holds now (compaction may
+    def _collect(self, snapshot: _Snapshot) -> None:
+        """End the sequences that ended at a step, each in the lane it holds now (compaction may
         have moved it since); one preempted since is left to end when it resumes."""
         if snapshot.done is not None:
             snapshot.done.synchronize()  # the step read, not the one queued behind it
@@ -482,22 +487,47 @@ class PagedDecoder:
         for lane, kind, count in ended:
             seq = snapshot.owners[lane]
             if id(seq) in now:
-                yield from self._end(now[id(seq)], kind, count)
+                self._end(now[id(seq)], _ENDS[kind], count)
 
-    def _end(self, lane: int, kind: int, count: int) -> Iterator[Finished]:
+    def _end(self, lane: int, finish: str, count: int) -> None:
+        """Free an ended sequence's lane; queue its strict retry, or start copying its tokens out.
+        The copy is queued on the stream, so the lane can be refilled at once, and read once it has
+        passed (`_closed`): reading the tokens here would make the host wait for the step in flight."""
         seq = self.lanes.pop(lane)
-        ids = self.history[lane, :count].tolist()
-        self._clear(lane)
-        finish = "repetition" if kind == 2 else "eos" if ids and ids[-1] == self.config.eos_id else "length"
         if finish != "eos" and self.config.retry and not seq.strict:
+            self._clear(lane)
             self.queue.append(_Sequence(self.feed.renew(seq.item), seq.started, strict=True))  # after preempted
             if self.timeline is not None:
                 self.timeline.append((time.perf_counter(), f"retry-{finish}", count))
             return
-        yield Finished(seq.item, ids, finish, time.perf_counter() - seq.started, 2 if seq.strict else 1)
+        copied = None
+        if self.device.type == "cuda":
+            ids = torch.empty(count, dtype=torch.long, pin_memory=True)
+            ids.copy_(self.history[lane, :count], non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+        else:
+            ids = self.history[lane, :count].clone()
+        self._clear(lane)
+        self.closing.append((seq, finish, ids, copied))
+
+    def _closed(self, wait: bool) -> Iterator[Finished]:
+        """The ended sequences whose tokens have reached the host (all of them when `wait`)."""
+        waiting = deque()
+        while self.closing:
+            seq, finish, ids, copied = self.closing.popleft()
+            if copied is not None and not copied.query():
+                if not wait:
+                    waiting.append((seq, finish, ids, copied))
+                    continue
+                copied.synchronize()
+            seconds = time.perf_counter() - seq.started
+            yield Finished(seq.item, ids.tolist(), finish, seconds, 2 if seq.strict else 1)
+        self.closing = waiting
 
 
 _END = object()
+_ENDS = {1: "eos", 2: "repetition", 3: "length"}  # a lane's end code in a step's snapshot
 
 
 class PrefillClock:
