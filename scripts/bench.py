@@ -290,6 +290,7 @@ def decoder_fields(engine) -> dict:
         "lanes": decoder.config.lanes,
         "cache_blocks": decoder.config.blocks,
         "graphs": len(decoder.graphs),
+        "view_graphs": len(engine.views.graphs),
         "steps": decoder.steps,
         "preemptions": decoder.preemptions,
         "prefill_s": round(decoder.prefill_seconds, 2),
@@ -376,7 +377,9 @@ def measure_e2e(
     options = Options(engine=engine_options(model, device), output=OutputOptions(out=folder / "out"))
     engine = engine_class(base.model, base.processor, options.engine, device, base.dtype, model)
     engine.prepare_in_renderer = renderer
+    began = time.perf_counter()
     engine.decoder_for(options.task.text).timeline = []
+    warm_up = time.perf_counter() - began
     if window:
         engine._prefill = Window(engine._prefill, *window)
     sources, _ = discover([str(folder / "in")])
@@ -385,6 +388,7 @@ def measure_e2e(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
+    marks = FirstMarks(engine, started)
     try:
         events = FirstPage(started)
         summary = Pipeline(options, engine, output, events).run(sources)
@@ -408,6 +412,8 @@ def measure_e2e(
             "tok_per_s": round(summary.tokens / seconds, 1),
             "first_page_s": round(events.first or 0.0, 2),
             "first_prefill_s": first_prefill(engine, started),
+            "first_marks_s": marks.marks | first_step(engine, started),
+            "warm_up_s": round(warm_up, 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
             "finish": finishes,
             "retried": sum(p.prediction.attempts > 1 for d in summary.documents for p in d.pages),
@@ -469,6 +475,38 @@ def window_summary(prof, wall: float) -> dict:
         "kernels": len(kernels),
         "host_top": [[e.key[:60], round(e.self_cpu_time_total / 1000, 1), e.count] for e in host[:25]],
     }
+
+
+class FirstMarks:
+    """When the first page reached the engine and when the first prefill was called and launched
+    (seconds from the start): where the first page's time goes before it decodes."""
+
+    def __init__(self, engine, started: float):
+        self.started, self.marks = started, {}
+        stream, prefill = engine.stream, engine._prefill
+
+        def first_in(pages):
+            for page in pages:
+                self.mark("page_reached_engine")
+                yield page
+
+        def launched(group, prompt):
+            self.mark("prefill_called")
+            result = prefill(group, prompt)
+            self.mark("prefill_launched")
+            return result
+
+        engine.stream = lambda pages, prompt: stream(first_in(pages), prompt)
+        engine._prefill = launched
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, round(time.perf_counter() - self.started, 2))
+
+
+def first_step(engine, started: float) -> dict:
+    """When the first decode step was launched, from the decoder's timeline."""
+    times = [t for t, kind, _ in engine.decoder.timeline or [] if kind == "step"]
+    return {"first_step": round(times[0] - started, 2)} if times else {}
 
 
 def first_prefill(engine, started: float) -> float | None:
