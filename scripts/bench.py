@@ -583,6 +583,23 @@ def identity(engine_class, base, model: str, device: str, count: int, tokens: in
     }
 
 
+def warm_up(engine_class, base, model: str, device: str) -> dict:
+    """What the start costs after the model is loaded: building the decoder and capturing its
+    graphs (per decode bucket) and the vision graphs. Run twice, in two processes, to see what
+    kernel caches on disk (Triton's) save on a second start."""
+    from dsocr_cli.options import TASK_PROMPTS
+
+    engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
+    began = time.perf_counter()
+    decoder = engine.decoder_for(TASK_PROMPTS["markdown"])
+    return {
+        "config": "warmup",
+        "seconds": round(time.perf_counter() - began, 2),
+        "parts_s": {k: round(v, 2) for k, v in engine.warm_up_seconds.items()},
+        "per_bucket_s": {b: round(v, 2) for b, v in decoder.capture_seconds.items()},
+    }
+
+
 def profile(engine_class, base, model: str, device: str, lanes: int) -> dict:
     """torch.profiler over one eager decode step at `lanes` and one prefill group: the share of
     GPU time in attention, MoE experts and everything else."""
@@ -685,6 +702,8 @@ def run(model: str, names: list[str], device: str, count: int, folder: Path, win
             result = measure_e2e(engine_class, base, model, device, count, folder, name == "e2e-renderer", window)
         elif name == "identity":
             result = identity(engine_class, base, model, device, 64 if device == "cuda" else 4, 48)
+        elif name == "warmup":
+            result = warm_up(engine_class, base, model, device)
         elif name == "syncs":
             result = syncs(engine_class, base, model, device)
         elif name.startswith("profile"):

@@ -142,6 +142,7 @@ class PagedDecoder:
         self.buckets = _buckets(lanes)
         self.use_graph = config.use_graph and device.type == "cuda"
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.capture_seconds: dict[int, float] = {}  # per bucket, for the start-up's record
         self.lanes: dict[int, _Sequence] = {}  # lane -> the sequence in it
         self.lengths = [0] * lanes  # host mirror of `positions`: what each lane's cache holds
         self.queue: deque[_Sequence] = deque()  # preempted and retried sequences, before new pages
@@ -204,7 +205,9 @@ class PagedDecoder:
             return
         pool = None
         for b in sorted(self.buckets, reverse=True):
+            began = time.perf_counter()
             graph = self._capture(b, pool)
+            self.capture_seconds[b] = time.perf_counter() - began
             if graph is None:
                 self.use_graph = False
                 self.graphs.clear()

@@ -72,6 +72,7 @@ class HFEngine:
         self.image_kwargs = mode_kwargs(options.mode, processor)
         self.decoder = None  # the continuous-batching decoder, built on first use
         self.views = ViewEncoder(model)  # the prefill's vision tower; its CUDA graphs come with the decoder
+        self.warm_up_seconds: dict[str, float] = {}  # building the decoder and capturing its graphs
         self.remake = None  # inputs remade in the background for pages the decoder takes back
         self.continuous = options.decoder == "slots"
         self.retries_inside = self.continuous  # the decoder retries loops itself, without blocking
@@ -130,15 +131,19 @@ class HFEngine:
             retry=self.options.retry_unfinished,
             prefill_tokens=PREFILL_TOKENS if self.device == "cuda" else 2 * room,
         )
+        began = time.perf_counter()
         self.decoder = (self.decoder_class or PagedDecoder)(self.model, config)
         self.decoder.warm_up()
+        decoding = time.perf_counter()
         self.views.warm_up(self._view_sides())
+        self.warm_up_seconds = {"decoder": decoding - began, "views": time.perf_counter() - decoding}
         log.info(
-            "continuous batching: %d lanes, %d cache blocks of %d tokens (%.1f GiB)",
+            "continuous batching: %d lanes, %d cache blocks of %d tokens (%.1f GiB); ready in %.1f s",
             lanes,
             blocks,
             BLOCK_SIZE,
             blocks * BLOCK_SIZE * self._kv_bytes_per_token() / 2**30,
+            time.perf_counter() - began,
         )
         return self.decoder
 
