@@ -357,9 +357,7 @@ def measure_default(engine_class, base, model: str, device: str, count: int, nam
     return timed(engine, count, name, stream) | decoder_fields(engine)
 
 
-def measure_e2e(
-    engine_class, base, model: str, device: str, count: int, folder: Path, renderer=False, window=None
-) -> dict:
+def measure_e2e(engine_class, base, model: str, device: str, count: int, folder: Path, name="e2e", window=None) -> dict:
     """The whole pipeline on a folder of PDFs and images: discover, render and preprocess (worker
     pool), engine, grounding, writers, at the CLI's defaults, with the model already loaded.
     `window` (start, seconds): torch.profiler over that stretch of the run (see `Window`)."""
@@ -376,7 +374,9 @@ def measure_e2e(
     shutil.rmtree(folder / "out", ignore_errors=True)
     options = Options(engine=engine_options(model, device), output=OutputOptions(out=folder / "out"))
     engine = engine_class(base.model, base.processor, options.engine, device, base.dtype, model)
-    engine.prepare_in_renderer = renderer
+    engine.prepare_in_renderer = name == "e2e-renderer"
+    if name == "e2e-eager-views":  # the vision tower as transformers' eager code, for comparison
+        engine.views.warm_up = lambda sides: False
     began = time.perf_counter()
     engine.decoder_for(options.task.text).timeline = []
     warm_up = time.perf_counter() - began
@@ -401,7 +401,7 @@ def measure_e2e(
             finishes[page.prediction.finish] = finishes.get(page.prediction.finish, 0) + 1
     return (
         {
-            "config": "e2e-renderer" if renderer else "e2e",
+            "config": name,
             "documents": len(sources),
             "done": summary.count("done"),
             "pages": summary.pages,
@@ -698,8 +698,8 @@ def run(model: str, names: list[str], device: str, count: int, folder: Path, win
             result = measure_seed(engine_class, base, model, device, 256)
         elif name == "default":
             result = measure_default(engine_class, base, model, device, count)
-        elif name in ("e2e", "e2e-renderer"):
-            result = measure_e2e(engine_class, base, model, device, count, folder, name == "e2e-renderer", window)
+        elif name in ("e2e", "e2e-renderer", "e2e-eager-views"):
+            result = measure_e2e(engine_class, base, model, device, count, folder, name, window)
         elif name == "identity":
             result = identity(engine_class, base, model, device, 64 if device == "cuda" else 4, 48)
         elif name == "warmup":

@@ -212,6 +212,8 @@ class HFEngine:
         device = torch.device(self.device)
         inputs = {"input_ids": upload(ids, torch.long, device)}
         inputs["position_ids"] = upload((mask.cumsum(-1) - 1).clamp(min=0), torch.long, device)
+        image_token = self.model.config.image_token_id
+        inputs["image_positions"] = upload((ids.view(-1) == image_token).nonzero().view(-1), torch.long, device)
         if min(lengths) < width:  # rows of one length need no mask: SDPA's causal kernel serves them
             inputs["attention_mask"] = padded_causal_mask(upload(mask, torch.bool, device))
         # Tile counts stay on the host: the model reads them back as a list, which from the GPU
@@ -349,7 +351,11 @@ def prefill_forward(model, inputs: dict, encode=None):
     embeds = core.get_input_embeddings()(ids)
     if inputs.get("pixel_values") is not None:
         features = page_features(encode or ViewEncoder(model), core, inputs).to(embeds.dtype)
-        embeds = embeds.masked_scatter((ids == model.config.image_token_id).unsqueeze(-1), features)
+        places = inputs.get("image_positions")
+        if places is None:
+            embeds = embeds.masked_scatter((ids == model.config.image_token_id).unsqueeze(-1), features)
+        else:  # places found on the host: index_copy asks nothing of the device before it runs
+            embeds = embeds.view(-1, embeds.shape[-1]).index_copy(0, places, features).view(embeds.shape)
     out = core.language_model(
         inputs_embeds=embeds,
         attention_mask=inputs.get("attention_mask"),
