@@ -20,6 +20,7 @@ retries on).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import random
@@ -131,6 +132,7 @@ class ForcedLength:
 LOOP_SHARE = 0.04  # pages that loop on their first attempt
 LOOP_START = 200  # tokens a looping page writes before its cycle begins
 CAP = None  # --cap: shorter targets for a CPU smoke run of the code paths
+PREFILL_SHARE = None  # --prefill-share: the e2e decoder's prefill share, as an experiment
 
 
 def page_plan(key: str, index: int) -> tuple[int, int]:
@@ -378,7 +380,10 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
     if name == "e2e-eager-views":  # the vision tower as transformers' eager code, for comparison
         engine.views.warm_up = lambda sides: False
     began = time.perf_counter()
-    engine.decoder_for(options.task.text).timeline = []
+    decoder = engine.decoder_for(options.task.text)
+    decoder.timeline = []
+    if PREFILL_SHARE is not None:  # a scheduling experiment; the CLI keeps DecoderConfig's share
+        decoder.config = dataclasses.replace(decoder.config, prefill_share=PREFILL_SHARE)
     warm_up = time.perf_counter() - began
     if window:
         engine._prefill = Window(engine._prefill, *window)
@@ -413,6 +418,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
             "first_page_s": round(events.first or 0.0, 2),
             "first_prefill_s": first_prefill(engine, started),
             "first_marks_s": marks.marks | first_step(engine, started),
+            "first_page_tokens": marks.first_tokens,
             "warm_up_s": round(warm_up, 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
             "finish": finishes,
@@ -496,7 +502,15 @@ class FirstMarks:
             self.mark("prefill_launched")
             return result
 
-        engine.stream = lambda pages, prompt: stream(first_in(pages), prompt)
+        def first_out(pages, prompt):
+            for page, prediction in stream(first_in(pages), prompt):
+                if hasattr(prediction, "tokens") and "page_out" not in self.marks:
+                    self.mark("page_out")
+                    self.first_tokens = prediction.tokens
+                yield page, prediction
+
+        self.first_tokens = None
+        engine.stream = first_out
         engine._prefill = launched
 
     def mark(self, name: str) -> None:
@@ -725,12 +739,13 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=256, help="pages in the default and e2e configurations")
     parser.add_argument("--folder", type=Path, default=Path("/tmp/dsocr-bench"), help="where e2e writes its corpus")
     parser.add_argument("--cap", type=int, help="cap each page's target length (a CPU smoke run, not a measurement)")
+    parser.add_argument("--prefill-share", type=float, help="e2e: the decoder's prefill share (an experiment)")
     parser.add_argument(
         "--window", help="START,SECONDS: profile that stretch of the e2e run (GPU busy share, host time)"
     )
     args = parser.parse_args()
-    global CAP
-    CAP = args.cap
+    global CAP, PREFILL_SHARE
+    CAP, PREFILL_SHARE = args.cap, args.prefill_share
     if args.build:
         build(args.build)
     if args.model:
