@@ -257,3 +257,23 @@ def test_input_threads_keep_page_order_and_report_failures():
     rest = list(ready)
     assert [p.inputs["index"] for p in [first, *rest]] == [0, 1, 2, 4, 5, 6, 7]
     assert [(p.index, str(e)) for p, e in failed()] == [(3, "tiles do not fit")]
+
+
+def test_a_resumed_page_that_wrote_an_image_token_prefills(engine):
+    """A preempted page resumes with its prompt and the tokens it had generated; an image token
+    among those is text the model wrote, not a placeholder: the image features fill its prompt's
+    placeholders only, and the prefill goes through."""
+    prompt = TASK_PROMPTS["markdown"]
+    prepare = engine.preparer(prompt)
+    image = engine.model.config.image_token_id
+    group = [
+        (prepare(noise_page(0, 300, 200, seed=0)), []),
+        (prepare(noise_page(1, 800, 2000, seed=1)), [image, 5, image]),
+    ]
+    inputs, lengths = engine._collate(group, prompt)
+    places = inputs["image_positions"]
+    placeholders = sum(int((page.inputs["input_ids"] == image).sum()) for page, _ in group)
+    assert len(places) == placeholders < int((inputs["input_ids"] == image).sum())
+    assert bool((inputs["input_ids"].view(-1)[places] == image).all())
+    logits, layers, lengths = engine._prefill(group, prompt)
+    assert logits.shape[0] == 2 and lengths[1] == len(group[1][0].inputs["input_ids"][0]) + 3

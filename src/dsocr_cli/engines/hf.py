@@ -117,6 +117,10 @@ class HFEngine:
         if self.decoder is not None and self.decoder.config.max_prompt >= room:
             return self.decoder
         self.decoder = None
+        began = time.perf_counter()
+        if not self.views.graphs:  # before the cache is sized: their memory pool is held for good
+            self.views.warm_up(self._view_sides())
+        views = time.perf_counter() - began
         n, window = self.options.no_repeat_ngram, self.options.no_repeat_window
         blocks, lanes = self._cache_plan(room)
         config = DecoderConfig(
@@ -131,12 +135,10 @@ class HFEngine:
             retry=self.options.retry_unfinished,
             prefill_tokens=PREFILL_TOKENS if self.device == "cuda" else 2 * room,
         )
-        began = time.perf_counter()
+        decoding = time.perf_counter()
         self.decoder = (self.decoder_class or PagedDecoder)(self.model, config)
         self.decoder.warm_up()
-        decoding = time.perf_counter()
-        self.views.warm_up(self._view_sides())
-        self.warm_up_seconds = {"decoder": decoding - began, "views": time.perf_counter() - decoding}
+        self.warm_up_seconds = {"decoder": time.perf_counter() - decoding, "views": views}
         log.info(
             "continuous batching: %d lanes, %d cache blocks of %d tokens (%.1f GiB); ready in %.1f s",
             lanes,
@@ -212,8 +214,7 @@ class HFEngine:
         device = torch.device(self.device)
         inputs = {"input_ids": upload(ids, torch.long, device)}
         inputs["position_ids"] = upload((mask.cumsum(-1) - 1).clamp(min=0), torch.long, device)
-        image_token = self.model.config.image_token_id
-        inputs["image_positions"] = upload((ids.view(-1) == image_token).nonzero().view(-1), torch.long, device)
+        inputs["image_positions"] = upload(self._image_positions(parts, lengths, width), torch.long, device)
         if min(lengths) < width:  # rows of one length need no mask: SDPA's causal kernel serves them
             inputs["attention_mask"] = padded_causal_mask(upload(mask, torch.bool, device))
         # Tile counts stay on the host: the model reads them back as a list, which from the GPU
@@ -226,6 +227,18 @@ class HFEngine:
             if pixels:
                 inputs[key] = torch.cat(pixels)
         return inputs, lengths
+
+    def _image_positions(self, parts: list[dict], lengths: list[int], width: int):
+        """Where each row's image features go in the flattened batch: the placeholders of its prompt
+        only. A resumed page's generated tokens follow its prompt and keep their own embeddings,
+        as when they were decoded, even an image token the model wrote."""
+        import torch
+
+        places = []
+        for row, (part, length) in enumerate(zip(parts, lengths, strict=True)):
+            (found,) = (part["input_ids"][0] == self.model.config.image_token_id).nonzero(as_tuple=True)
+            places.append(found + row * width + width - length)  # a row: padding, prompt, resumed tokens
+        return torch.cat(places)
 
     def _kv_bytes_per_token(self) -> int:
         from dsocr_cli.engines.kv import bytes_per_token
@@ -354,7 +367,7 @@ def prefill_forward(model, inputs: dict, encode=None):
         places = inputs.get("image_positions")
         if places is None:
             embeds = embeds.masked_scatter((ids == model.config.image_token_id).unsqueeze(-1), features)
-        else:  # places found on the host: index_copy asks nothing of the device before it runs
+        else:  # each row's prompt placeholders, found on the host (HFEngine._image_positions)
             embeds = embeds.view(-1, embeds.shape[-1]).index_copy(0, places, features).view(embeds.shape)
     out = core.language_model(
         inputs_embeds=embeds,
