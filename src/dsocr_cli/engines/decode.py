@@ -265,6 +265,7 @@ class PagedDecoder:
         exhausted = False
         started = time.perf_counter()
         self.prefill_clock = PrefillClock(self.device)
+        self.closing.clear()  # an abandoned run's pages are not this run's
         ended: list[Finished] = []
         previous: _Snapshot | None = None  # the last step launched, its ends not yet read
         while True:
@@ -419,6 +420,10 @@ class PagedDecoder:
         """Free a lane's blocks; its sequence waits at the front of the queue with what it generated."""
         seq = self.lanes.pop(lane)
         seq.kept = self.history[lane, : int(self.generated[lane])].tolist()
+        if seq.kept and seq.kept[-1] == self.config.eos_id:  # it ended at a step not read yet: finish it
+            self._clear(lane)
+            self.closing.append((seq, "eos", torch.tensor(seq.kept), None))
+            return
         seq.item = self.feed.renew(seq.item)
         self._clear(lane)
         self.queue.appendleft(seq)
