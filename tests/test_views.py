@@ -4,6 +4,7 @@ with and without tiles in one batch, from the real processor on real images."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -44,3 +45,24 @@ def test_view_encoder_stays_eager_without_cuda(tiny_model):
     pixels = torch.randn(3, 3, 768, 768)
     with torch.no_grad():
         torch.testing.assert_close(encoder(pixels), encoder.eager(pixels))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
+def test_replayed_view_graphs_equal_the_eager_modules_on_cuda(tiny_model):
+    """Counts that need several chunks (13 = 8 + 4 + 1) and one that is a chunk: each replay's
+    features are copied out before the next overwrites the shared pool."""
+    from transformers import AutoModelForImageTextToText
+
+    from dsocr_cli.engines.views import ViewEncoder
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32).to("cuda").eval()
+    encoder = ViewEncoder(model)
+    assert encoder.warm_up((768,)) and len(encoder.graphs) == 4
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for chunks in ([1], [4], [8, 4, 1]):
+            pixels = torch.randn(sum(chunks), 3, 768, 768, device="cuda")
+            starts = [sum(chunks[:i]) for i in range(len(chunks))]
+            # the eager modules on the same chunks: the same kernels, so only a wrong copy differs
+            eager = torch.cat([encoder.eager(pixels[s : s + n]) for s, n in zip(starts, chunks, strict=True)])
+            torch.testing.assert_close(encoder(pixels), eager, rtol=1e-5, atol=1e-5 * eager.abs().max().item())
