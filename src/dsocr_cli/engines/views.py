@@ -1,9 +1,10 @@
 """The vision tower and its projector over batches of page views, replayed from CUDA graphs.
 
 A prefill's vision encoder is transformers' eager code: SAM's 12 blocks and the 24-layer encoder
-are over a thousand small kernels per batch of views, launched from Python by the thread that
-also decodes. Timed on the GPU, prefills ran at about twice their kernels' time: the kernels
-waited for their launches (docs/BENCHMARKS.md). Views come in two sizes only (the global view and
+are hundreds of small kernels per batch of views, launched from Python by the thread that
+also decodes while other threads take the GIL. Timed on the GPU during a run, prefills took about
+twice their kernels' time; replayed graphs gave 9.8% more tokens a second end to end on an H100
+(docs/BENCHMARKS.md, run 22). Views come in two sizes only (the global view and
 the tiles), so each (side, batch) shape is captured once as a CUDA graph and replayed; a batch of
 n views runs as chunks of the captured sizes, each copied into its graph's input, its features
 copied out before the next replay. Without CUDA, or where capture fails, the modules run eagerly.
