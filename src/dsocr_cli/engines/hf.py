@@ -117,6 +117,8 @@ class HFEngine:
         if self.decoder is not None and self.decoder.config.max_prompt >= room:
             return self.decoder
         self.decoder = None
+        if self.device == "cuda":  # a pause users should not mistake for a hang
+            log.info("capturing CUDA graphs (seconds; a first run on this machine also compiles Triton kernels)")
         began = time.perf_counter()
         if not self.views.graphs:  # before the cache is sized: their memory pool is held for good
             self.views.warm_up(self._view_sides())
