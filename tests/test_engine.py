@@ -277,3 +277,39 @@ def test_a_resumed_page_that_wrote_an_image_token_prefills(engine):
     assert bool((inputs["input_ids"].view(-1)[places] == image).all())
     logits, layers, lengths = engine._prefill(group, prompt)
     assert logits.shape[0] == 2 and lengths[1] == len(group[1][0].inputs["input_ids"][0]) + 3
+
+
+def test_a_sequence_preempted_just_after_its_eos_is_finished_not_resumed(tiny_model):
+    """The host reads a step's ends one step late; a sequence preempted in between has its EOS in
+    the tokens it keeps. It ends there, as it would have, instead of resuming past its EOS."""
+    import torch
+
+    from dsocr_cli.engines.decode import DecoderConfig, PagedDecoder
+
+    engine = load_engine(
+        EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=20, no_repeat_ngram=0)
+    )
+    prompt = TASK_PROMPTS["markdown"]
+    eos = engine.eos_id
+
+    class EosThenPreempt(PagedDecoder):
+        def adjust(self, logits, b):  # lane 0's fourth token is EOS
+            forced = torch.full_like(logits, float("-inf"))
+            forced[:, eos] = 0.0
+            first_lane = torch.arange(b) == 0
+            return torch.where(((self.generated[:b] == 3) & first_lane)[:, None], forced, logits)
+
+        def _reserve(self):  # preempt right after the step that chose EOS, before its end is read
+            if self.steps == 3 and 0 in self.lanes:
+                self._preempt(0)
+            super()._reserve()
+
+    config = DecoderConfig(
+        lanes=2, max_new_tokens=20, max_prompt=200, eos_id=eos, blocks=64, block_size=16, retry=False
+    )
+    decoder = EosThenPreempt(engine.model, config)
+    prepare = engine.preparer(prompt)  # exact prompt lengths, so both pages enter in one group
+    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(2)]  # page 0 in lane 0
+    done = run_decoder(decoder, engine, pages, prompt)["p0"]
+    assert done.finish == "eos" and len(done.ids) == 4 and done.ids[-1] == eos
+    assert decoder.preemptions == 0 and decoder.admitted == 2, "finished, not resumed"

@@ -418,12 +418,12 @@ class PagedDecoder:
 
     def _preempt(self, lane: int) -> None:
         """Free a lane's blocks; its sequence waits at the front of the queue with what it generated."""
-        seq = self.lanes.pop(lane)
-        seq.kept = self.history[lane, : int(self.generated[lane])].tolist()
-        if seq.kept and seq.kept[-1] == self.config.eos_id:  # it ended at a step not read yet: finish it
-            self._clear(lane)
-            self.closing.append((seq, "eos", torch.tensor(seq.kept), None))
+        count = int(self.generated[lane])
+        if count and int(self.history[lane, count - 1]) == self.config.eos_id:
+            self._end(lane, "eos", count)  # it ended at a step not read yet: it needs no room
             return
+        seq = self.lanes.pop(lane)
+        seq.kept = self.history[lane, :count].tolist()
         seq.item = self.feed.renew(seq.item)
         self._clear(lane)
         self.queue.appendleft(seq)
