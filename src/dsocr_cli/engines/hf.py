@@ -152,9 +152,10 @@ class HFEngine:
         return self.decoder
 
     def _view_sides(self) -> tuple[int, ...]:
-        """The pixel sides of the views a page can give: the global view and the tiles."""
+        """The pixel sides of the views a page can give: the global view and the tiles (as the
+        processor is asked to make them, `mode_kwargs`)."""
         image = self.processor.image_processor
-        tile = image.size["height"] if self.options.mode == "base" else image.tile_size
+        tile = self.image_kwargs.get("tile_size", image.tile_size)
         return tuple(dict.fromkeys((image.size["height"], tile)))
 
     def preparer(self, prompt: str) -> Preprocess:
@@ -351,26 +352,24 @@ class HFEngine:
         return Prediction(text=text, tokens=len(ids), finish=finish, seconds=seconds, attempts=attempts)
 
 
-def prefill_forward(model, inputs: dict, encode=None):
+def prefill_forward(model, inputs: dict, encode):
     """DeepSeek-OCR-2's forward for a prefill: first-token logits and every layer's keys and values.
 
     The same modules as the model's own forward, without its checks that read values back from the
     GPU (the image placeholders' count, which the processor made to match; the scan of a 2D padding
     mask). Each made the host wait for the vision encoder before it could queue the text model, so
     a prefill cost its launch time plus its GPU time instead of overlapping them. `encode` runs the
-    vision tower on a batch of views (engines/views.py: replayed CUDA graphs); by default eagerly."""
-    from dsocr_cli.engines.views import ViewEncoder, page_features
+    vision tower on a batch of views (engines/views.py); `inputs` are `HFEngine._collate`'s, with
+    each row's image placeholders found on the host (`_image_positions`)."""
+    from dsocr_cli.engines.views import page_features
 
     core = model.model
     ids = inputs["input_ids"]
     embeds = core.get_input_embeddings()(ids)
     if inputs.get("pixel_values") is not None:
-        features = page_features(encode or ViewEncoder(model), core, inputs).to(embeds.dtype)
-        places = inputs.get("image_positions")
-        if places is None:
-            embeds = embeds.masked_scatter((ids == model.config.image_token_id).unsqueeze(-1), features)
-        else:  # each row's prompt placeholders, found on the host (HFEngine._image_positions)
-            embeds = embeds.view(-1, embeds.shape[-1]).index_copy(0, places, features).view(embeds.shape)
+        features = page_features(encode, core, inputs).to(embeds.dtype)
+        flat = embeds.view(-1, embeds.shape[-1]).index_copy(0, inputs["image_positions"], features)
+        embeds = flat.view(embeds.shape)
     out = core.language_model(
         inputs_embeds=embeds,
         attention_mask=inputs.get("attention_mask"),

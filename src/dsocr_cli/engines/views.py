@@ -45,7 +45,7 @@ class ViewEncoder:
         features = torch.empty((count, *first.shape[1:]), dtype=first.dtype, device=first.device)
         start = 0
         while start < count:
-            size = next(size for size in CHUNKS if size <= count - start and (side, size) in self.graphs)
+            size = next(size for size in CHUNKS if size <= count - start)  # every size is captured, or none
             graph, source, output = self.graphs[(side, size)]
             source.copy_(pixels[start : start + size])
             graph.replay()
@@ -100,5 +100,5 @@ def page_features(encode, core, inputs: dict) -> torch.Tensor:
     for page, page_tiles in zip(pages, tiles, strict=True):
         if page_tiles is not None and len(page_tiles):
             parts.append(page_tiles.reshape(-1, page_tiles.shape[-1]))
-        parts += [page.reshape(-1, page.shape[-1]), separator.to(page.dtype)]
+        parts += [page.reshape(-1, page.shape[-1]), separator]
     return torch.cat(parts)
