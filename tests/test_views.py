@@ -33,8 +33,8 @@ def test_page_features_equal_transformers_image_features(tiny_model):
     torch.testing.assert_close(features, torch.cat(expected))
 
 
-def test_view_encoder_stays_eager_without_cuda(tiny_model):
-    """On CPU nothing is captured and the call is the eager modules' result."""
+def test_view_encoder_captures_nothing_without_cuda(tiny_model):
+    """On CPU no capture is tried (it would fail), so every call runs the eager modules."""
     from transformers import AutoModelForImageTextToText
 
     from dsocr_cli.engines.views import ViewEncoder
@@ -42,9 +42,6 @@ def test_view_encoder_stays_eager_without_cuda(tiny_model):
     model = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32).eval()
     encoder = ViewEncoder(model)
     assert encoder.warm_up((768,)) is False and not encoder.graphs
-    pixels = torch.randn(3, 3, 768, 768)
-    with torch.no_grad():
-        torch.testing.assert_close(encoder(pixels), encoder.eager(pixels))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
