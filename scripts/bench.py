@@ -395,8 +395,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
     started = time.perf_counter()
     marks = FirstMarks(engine, started)
     try:
-        events = FirstPage(started)
-        summary = Pipeline(options, engine, output, events).run(sources)
+        summary = Pipeline(options, engine, output).run(sources)
     finally:
         output.close()
     seconds = time.perf_counter() - started
@@ -415,9 +414,9 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
             "seconds": round(seconds, 2),
             "pages_per_s": round(summary.pages / seconds, 3),
             "tok_per_s": round(summary.tokens / seconds, 1),
-            "first_page_s": round(events.first or 0.0, 2),
-            "first_prefill_s": first_prefill(engine, started),
-            "first_marks_s": marks.marks | first_step(engine, started),
+            "first_page_s": marks.page_out or 0.0,
+            "first_prefill_s": first_event(engine, "prefill", started),
+            "first_marks_s": marks.marks | {"first_step": first_event(engine, "step", started)},
             "first_page_tokens": marks.first_tokens,
             "warm_up_s": round(warm_up, 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
@@ -484,8 +483,8 @@ def window_summary(prof, wall: float) -> dict:
 
 
 class FirstMarks:
-    """When the first page reached the engine and when the first prefill was called and launched
-    (seconds from the start): where the first page's time goes before it decodes."""
+    """When the first page reached the engine, the first prefill was called and launched, and the
+    first page came back with how many tokens (seconds from the start): where its time goes."""
 
     def __init__(self, engine, started: float):
         self.started, self.marks = started, {}
@@ -504,11 +503,12 @@ class FirstMarks:
 
         def first_out(pages, prompt):
             for page, prediction in stream(first_in(pages), prompt):
-                if hasattr(prediction, "tokens") and "page_out" not in self.marks:
-                    self.mark("page_out")
+                if hasattr(prediction, "tokens") and self.page_out is None:
+                    self.page_out = round(time.perf_counter() - self.started, 2)
                     self.first_tokens = prediction.tokens
                 yield page, prediction
 
+        self.page_out: float | None = None
         self.first_tokens = None
         engine.stream = first_out
         engine._prefill = launched
@@ -517,32 +517,12 @@ class FirstMarks:
         self.marks.setdefault(name, round(time.perf_counter() - self.started, 2))
 
 
-def first_step(engine, started: float) -> dict:
-    """When the first decode step was launched, from the decoder's timeline."""
-    times = [t for t, kind, _ in engine.decoder.timeline or [] if kind == "step"]
-    return {"first_step": round(times[0] - started, 2)} if times else {}
-
-
-def first_prefill(engine, started: float) -> float | None:
-    """Seconds from the start to the end of the first prefill: how long the first page took to
-    be rendered, get its inputs and enter the decoder."""
-    times = [t for t, kind, _ in engine.decoder.timeline or [] if kind == "prefill"]
+def first_event(engine, kind: str, started: float) -> float | None:
+    """Seconds from the start to the decoder's first event of a kind in its timeline: the end of
+    the first prefill ("prefill": the first page rendered, its inputs made, in the decoder) or
+    the first decode step ("step")."""
+    times = [t for t, event, _ in engine.decoder.timeline or [] if event == kind]
     return round(times[0] - started, 2) if times else None
-
-
-class FirstPage:
-    """Events that note when the first page came back."""
-
-    def __init__(self, started: float):
-        self.started = started
-        self.first: float | None = None
-
-    def pages_done(self, predictions) -> None:
-        if predictions and self.first is None:
-            self.first = time.perf_counter() - self.started
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
 
 
 def measure_seed(engine_class, base, model: str, device: str, tokens: int) -> dict:
