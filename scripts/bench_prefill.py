@@ -84,7 +84,7 @@ class PartTimer:
 
 def measure(engine, group, prompt, timer, repeats: int) -> dict:
     """GPU time per page (events around the prefill: kernels and any wait for their launches) and
-    the host's time to launch it; modules replayed from a CUDA graph have no part times."""
+    the host's time to launch it; modules replayed from a CUDA graph are detached from the timer."""
     import torch
 
     engine._prefill(group, prompt)
@@ -108,12 +108,12 @@ def measure(engine, group, prompt, timer, repeats: int) -> dict:
     return {
         "prefill_ms_per_page": round(whole / per_page, 2),
         "launch_ms_per_page": round(1000 * launch / per_page, 2),
-    } | {f"{name}_ms_per_page": round(ms / per_page, 2) for name, ms in totals.items() if ms}
+    } | {f"{name}_ms_per_page": round(ms / per_page, 2) for name, ms in totals.items()}
 
 
 def graphs_agree(engine, sides) -> dict:
-    """Replayed graphs against the eager modules, per side, for view counts that need several
-    chunks: the largest difference relative to the features' range."""
+    """Replayed graphs against one eager batch, per side, for counts of one chunk (1, 8) and of
+    several (3 = 2 + 1, 13 = 8 + 4 + 1): the largest difference relative to the features' range."""
     import torch
 
     result = {}
