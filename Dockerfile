@@ -7,7 +7,7 @@
 #   docker run --gpus all -v "$PWD:/data" dsocr pdf /data/file.pdf -o /data/out
 #
 # Recommended extras: `-v dsocr-cache:/cache` keeps downloaded weights and compiled GPU kernels
-# (Triton's cache: a start without it compiles them again, ~10 s on an H100) between runs (otherwise
+# (Triton's cache: a start without it compiles them again) between runs (otherwise
 # every run gets a fresh anonymous volume), `--rm` deletes the container afterwards, and
 # `--user "$(id -u):$(id -g)"` makes the files written to /data yours.
 #
