@@ -16,6 +16,8 @@ import logging
 
 import torch
 
+from dsocr_cli.engines.graphs import capture
+
 log = logging.getLogger(__name__)
 
 CHUNKS = (8, 4, 2, 1)  # captured batch sizes: any count of views is a sum of these
@@ -55,7 +57,7 @@ class ViewEncoder:
 
     def warm_up(self, sides: tuple[int, ...]) -> bool:
         """Capture every chunk size of every side (largest first, one memory pool); on failure keep
-        none and stay eager. Run before other threads use the GPU: a capture forbids their syncs."""
+        none and stay eager. Other threads may make pinned inputs meanwhile, but launch nothing."""
         if self.device.type != "cuda":
             return False
         pool = None
@@ -81,9 +83,7 @@ class ViewEncoder:
             with torch.cuda.stream(stream):
                 self.eager(source)
             torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            output = self.eager(source)
+        graph, output = capture(lambda: self.eager(source), pool)
         self.graphs[(side, size)] = (graph, source, output)
         return graph.pool()
 

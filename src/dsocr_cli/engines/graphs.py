@@ -1,0 +1,35 @@
+"""CUDA graph capture for the decode step and the vision tower, beside threads that keep working.
+
+`torch.cuda.graph` empties the device and pinned-memory caches before every capture and captures
+in the "global" mode, where a page-locked allocation on any other thread breaks the capture. The
+graphs here are captured while the input threads already make pinned page inputs, and dozens
+of them in a row: so one side stream, the "thread_local" mode (only this thread's own unsafe
+calls are refused) and no cache emptying between captures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+
+def capture(record: Callable[[], object], pool=None) -> tuple[torch.cuda.CUDAGraph, object]:
+    """Record `record()`'s kernels as a graph (its memory from `pool`, shared when given) and return
+    the graph with what `record` returned: the tensors a replay rewrites. Warm-up runs, where
+    needed, are the caller's, before this."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+        try:
+            output = record()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the capture is already broken; the first error says why
+                graph.capture_end()
+            raise
+        graph.capture_end()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph, output
