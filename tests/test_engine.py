@@ -313,3 +313,70 @@ def test_a_sequence_preempted_just_after_its_eos_is_finished_not_resumed(tiny_mo
     done = run_decoder(decoder, engine, pages, prompt)["p0"]
     assert done.finish == "eos" and len(done.ids) == 4 and done.ids[-1] == eos
     assert decoder.preemptions == 0 and decoder.admitted == 2, "finished, not resumed"
+
+
+def test_until_a_first_page_ends_prefills_keep_to_the_first_share(tiny_model):
+    """The first pages decode without the batch filling beside them: with no first share (and no
+    grace) one page runs alone until it ends; after that the run's own share lets the rest in.
+    With a long grace the same pages all start at once."""
+    engine = load_engine(
+        EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=12, no_repeat_ngram=0)
+    )
+    prompt = TASK_PROMPTS["markdown"]
+    prepare = engine.preparer(prompt)
+    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(4)]
+    one_page = engine._measure(pages[0]) + 1  # a prefill group holds one page
+
+    def lanes_per_step(**schedule):
+        decoder = paged_decoder(engine, prompt, max_prompt=200, prefill_tokens=one_page, **schedule)
+        decoder.timeline = []
+        steps_before_first_end = None
+        for _ in run_steps(decoder, engine, pages, prompt):
+            if steps_before_first_end is None:
+                steps_before_first_end = decoder.steps
+        return [n for _, kind, n in decoder.timeline if kind == "step"], steps_before_first_end
+
+    lanes, first_end = lanes_per_step(first_prefill_share=0.0, prefill_grace=0.0, prefill_share=1.0)
+    assert set(lanes[: first_end - 2]) == {1}, "one page alone until the first end was read"
+    assert max(lanes) > 1, "then the others are let in"
+    lanes, _ = lanes_per_step(first_prefill_share=0.0, prefill_grace=1e6, prefill_share=1.0)
+    assert lanes[:4] == [1, 2, 3, 4], "a grace lets the first groups in back to back"
+
+
+def run_steps(decoder, engine, pages, prompt):
+    from dsocr_cli.engines.decode import Feed
+
+    yield from decoder.run(iter(pages), Feed(lambda group: engine._prefill(group, prompt), engine._measure))
+
+
+def test_the_first_pages_are_made_while_the_decoder_starts():
+    """The decoder's start (graph capture) runs beside the first pages' inputs, not before them:
+    pages are pulled and made until it is done, and none is lost or reordered."""
+    import dataclasses
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dsocr_cli.engines.inputs import made_meanwhile, prepared
+
+    made = []
+    three_made = threading.Event()
+
+    def prepare(page):
+        made.append(page.index)
+        if len(made) >= 3:
+            three_made.set()
+        return dataclasses.replace(page, inputs={"index": page.index})
+
+    pages = [noise_page(i, 40, 40, seed=i) for i in range(40)]
+    ready, _ = prepared(prepare, iter(pages), threads=2, ahead=4)
+    with ThreadPoolExecutor(1) as pool:
+        start_up = pool.submit(three_made.wait, 30)  # ends only once pages were made beside it
+        pages_out = made_meanwhile(ready, start_up, limit=8)
+        assert start_up.result() and len(made) >= 3
+    assert [p.inputs["index"] for p in pages_out] == list(range(40))
+    never_done = ThreadPoolExecutor(1).submit(threading.Event().wait, 0.5)
+    ready, _ = prepared(prepare, iter(pages), threads=2, ahead=4)
+    made.clear()
+    early = made_meanwhile(ready, never_done, limit=5)
+    assert len(made) <= 5 + 4 + 2, "no more than the limit (and the window ahead) while waiting"
+    assert [p.index for p in early] == list(range(40))

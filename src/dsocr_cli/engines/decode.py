@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dsocr_cli.engines.graphs import capture
 from dsocr_cli.engines.kernels.paged_attention import paged_decode_attention
 from dsocr_cli.engines.kv import PagedKV, upload
 from dsocr_cli.engines.ngram import ban_repeats, looping
@@ -101,6 +102,12 @@ class DecoderConfig:
     retry: bool = True  # admit a page that looped or hit the limit again, strictly
     prefill_tokens: int = 4608  # prompt tokens prefilled per forward at most
     prefill_share: float = 0.5  # of the run's time at most spent prefilling while lanes are running
+    # Until the first page ends, prefills take less of the time, so the first pages decode at
+    # nearly full speed instead of beside a batch filling at half the GPU's time...
+    first_prefill_share: float = 0.25
+    # ...but the run starts with a burst: prefills may run this many seconds ahead of their share,
+    # so more pages (the shortest of them ends first) decode from the start.
+    prefill_grace: float = 0.5
     loop_span: int = 256  # a loop: the last loop_span tokens equal those some period earlier...
     loop_period: int = 512  # ...of at most this many tokens
     loop_every: int = 32  # steps between loop checks
@@ -149,6 +156,7 @@ class PagedDecoder:
         # Ended sequences whose tokens are being copied to the host: (sequence, finish, ids, copied)
         self.closing: deque[tuple[_Sequence, str, torch.Tensor, torch.cuda.Event | None]] = deque()
         self.steps = 0
+        self.ended = 0  # sequences that ended for good in this run
         self.admitted = 0
         self.preemptions = 0
         self.prefill_clock = PrefillClock(device)
@@ -226,9 +234,7 @@ class PagedDecoder:
                 for _ in range(2):
                     self._step(b)
             torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._step(b)
+            graph, _ = capture(lambda: self._step(b), pool)
         except Exception as exc:  # an op that cannot be captured: decode eagerly instead
             log.warning("decoding without CUDA graphs (%s)", str(exc).splitlines()[0][:200])
             graph = None
@@ -266,6 +272,7 @@ class PagedDecoder:
         started = time.perf_counter()
         self.prefill_clock = PrefillClock(self.device)
         self.closing.clear()  # an abandoned run's pages are not this run's
+        self.ended = 0
         ended: list[Finished] = []
         previous: _Snapshot | None = None  # the last step launched, its ends not yet read
         while True:
@@ -298,12 +305,14 @@ class PagedDecoder:
 
     def _may_prefill(self, started: float) -> bool:
         """Prefill shares the GPU with running lanes: while any run, one prefill is queued at a time
-        and prefills take at most `prefill_share` of the time, so admissions never stall decoding."""
+        and prefills take at most `prefill_share` of the time (less until a first page ended, past
+        a burst at the start), so admissions never stall decoding."""
         if not self.lanes:
             return True
         if self.prefill_clock.running():
             return False
-        return self.prefill_clock.seconds <= self.config.prefill_share * (time.perf_counter() - started)
+        share = self.config.prefill_share if self.ended else self.config.first_prefill_share
+        return self.prefill_clock.seconds <= share * (time.perf_counter() - started) + self.config.prefill_grace
 
     def _admit(self, pending: Iterator) -> Iterator[Finished]:
         """Prefill one group of waiting sequences into free lanes; return True once `pending` is empty.
@@ -518,6 +527,7 @@ class PagedDecoder:
             ids = self.history[lane, :count].clone()
         self._clear(lane)
         self.closing.append((seq, finish, ids, copied))
+        self.ended += 1
 
     def _closed(self, wait: bool) -> Iterator[Finished]:
         """The ended sequences whose tokens have reached the host (all of them when `wait`)."""

@@ -14,10 +14,11 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dsocr_cli.engines.device import device_stats, resolve_device, resolve_dtype
-from dsocr_cli.engines.inputs import Preprocess, Remake, prepared
+from dsocr_cli.engines.inputs import Preprocess, Remake, made_meanwhile, prepared
 from dsocr_cli.engines.ngram import WindowedNoRepeatNGram, looks_looped
 from dsocr_cli.errors import SetupError, UsageError
 from dsocr_cli.options import TASK_PROMPTS, EngineOptions
@@ -83,10 +84,10 @@ class HFEngine:
         as soon as each one ends, in the order they finish; retries happen inside the decoder."""
         from dsocr_cli.engines.decode import Feed
 
-        decoder = self.decoder_for(prompt)
         prepare = self.preparer(prompt)
         self.remake = Remake(prepare)
         ready, failed = prepared(prepare, pages, PREPARE_THREADS if self.device == "cuda" else 1)
+        decoder, ready = self._decoder_meanwhile(prompt, ready)
         feed = Feed(
             prefill=lambda group: self._prefill(group, prompt),
             measure=self._measure,
@@ -107,6 +108,21 @@ class HFEngine:
         finally:
             sys.setswitchinterval(interval)
             self.remake.close()
+
+    def _decoder_meanwhile(self, prompt: str, ready: Iterator[PageImage]):
+        """The decoder, built on another thread (its CUDA graphs are captured there) while this one
+        starts rendering and making the first pages' inputs: the start-up overlaps them instead of
+        preceding them. Returns the decoder and the pages, those made meanwhile first."""
+        import torch
+
+        def build():
+            with torch.no_grad():  # grad mode is per thread; the model's load turned it off on this one
+                return self.decoder_for(prompt)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="dsocr-start") as pool:
+            building = pool.submit(build)
+            ready = made_meanwhile(ready, building)
+            return building.result(), ready
 
     def decoder_for(self, prompt: str):
         """The paged decoder, built (and its CUDA graphs captured) once; rebuilt only for a prompt

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -86,6 +87,18 @@ def prepared(
                     errors.append((page, exc))
 
     return ready(), failed
+
+
+def made_meanwhile(ready: Iterator[PageImage], job: Future, limit: int = 32) -> Iterator[PageImage]:
+    """Pull pages from `ready` (starting their rendering and inputs) until `job` is done or `limit`
+    pages are made; return them followed by the rest, so the first pages wait for nothing."""
+    early: list[PageImage] = []
+    while not job.done() and len(early) < limit:
+        page = next(ready, None)
+        if page is None:
+            break
+        early.append(page)
+    return itertools.chain(early, ready)
 
 
 class Remake:
