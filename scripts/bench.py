@@ -132,7 +132,7 @@ class ForcedLength:
 LOOP_SHARE = 0.04  # pages that loop on their first attempt
 LOOP_START = 200  # tokens a looping page writes before its cycle begins
 CAP = None  # --cap: shorter targets for a CPU smoke run of the code paths
-PREFILL_SHARE = None  # --prefill-share: the e2e decoder's prefill share, as an experiment
+SCHEDULE: dict = {}  # --schedule: the decoder's scheduling fields, as an experiment
 
 
 def page_plan(key: str, index: int) -> tuple[int, int]:
@@ -194,6 +194,10 @@ def make_engine_class():
         def decoder_for(self, prompt):
             decoder = super().decoder_for(prompt)
             decoder.plan = self.plan
+            if decoder.timeline is None:  # once per decoder: the run's steps and prefills
+                decoder.timeline = []
+                # Fields read while running only (shares, grace); the CLI keeps DecoderConfig's.
+                decoder.config = dataclasses.replace(decoder.config, **SCHEDULE)
             return decoder
 
         def logits_processors(self, pages, prompt_length, strict=False):
@@ -351,7 +355,7 @@ def measure_default(engine_class, base, model: str, device: str, count: int, nam
 
     prompt = TASK_PROMPTS["markdown"]
     engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
-    engine.decoder_for(prompt).timeline = []
+    engine.decoder_for(prompt)
     prepare = engine.preparer(prompt)
     with ThreadPoolExecutor(8) as pool:
         pages = list(pool.map(prepare, pages_for(count, seed=2)))
@@ -361,8 +365,10 @@ def measure_default(engine_class, base, model: str, device: str, count: int, nam
 
 def measure_e2e(engine_class, base, model: str, device: str, count: int, folder: Path, name="e2e", window=None) -> dict:
     """The whole pipeline on a folder of PDFs and images: discover, render and preprocess (worker
-    pool), engine, grounding, writers, at the CLI's defaults, with the model already loaded.
-    `window` (start, seconds): torch.profiler over that stretch of the run (see `Window`)."""
+    pool), engine, grounding, writers, at the CLI's defaults. The clock starts once the model is
+    loaded, as in the CLI: the decoder's start-up (graph capture, beside the first pages' rendering)
+    is inside it, and `warm_up_s` says how long it took. `window` (start, seconds): torch.profiler
+    over that stretch of the run (see `Window`)."""
     import shutil
 
     import torch
@@ -379,12 +385,6 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
     engine.prepare_in_renderer = name == "e2e-renderer"
     if name == "e2e-eager-views":  # the vision tower as transformers' eager code, for comparison
         engine.views.warm_up = lambda sides: False
-    began = time.perf_counter()
-    decoder = engine.decoder_for(options.task.text)
-    decoder.timeline = []
-    if PREFILL_SHARE is not None:  # a scheduling experiment; the CLI keeps DecoderConfig's share
-        decoder.config = dataclasses.replace(decoder.config, prefill_share=PREFILL_SHARE)
-    warm_up = time.perf_counter() - began
     if window:
         engine._prefill = Window(engine._prefill, *window)
     sources, _ = discover([str(folder / "in")])
@@ -418,7 +418,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
             "first_prefill_s": first_event(engine, "prefill", started),
             "first_marks_s": marks.marks | {"first_step": first_event(engine, "step", started)},
             "first_page_tokens": marks.first_tokens,
-            "warm_up_s": round(warm_up, 2),
+            "warm_up_s": round(sum(engine.warm_up_seconds.values()), 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
             "finish": finishes,
             "retried": sum(p.prediction.attempts > 1 for d in summary.documents for p in d.pages),
@@ -719,13 +719,14 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=256, help="pages in the default and e2e configurations")
     parser.add_argument("--folder", type=Path, default=Path("/tmp/dsocr-bench"), help="where e2e writes its corpus")
     parser.add_argument("--cap", type=int, help="cap each page's target length (a CPU smoke run, not a measurement)")
-    parser.add_argument("--prefill-share", type=float, help="e2e: the decoder's prefill share (an experiment)")
+    parser.add_argument("--schedule", default="", help="FIELD=VALUE,...: the decoder's prefill shares and grace")
     parser.add_argument(
         "--window", help="START,SECONDS: profile that stretch of the e2e run (GPU busy share, host time)"
     )
     args = parser.parse_args()
-    global CAP, PREFILL_SHARE
-    CAP, PREFILL_SHARE = args.cap, args.prefill_share
+    global CAP, SCHEDULE
+    CAP = args.cap
+    SCHEDULE = {k: float(v) for k, v in (item.split("=") for item in args.schedule.split(",") if item)}
     if args.build:
         build(args.build)
     if args.model:
