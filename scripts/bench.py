@@ -591,6 +591,7 @@ def warm_up(engine_class, base, model: str, device: str) -> dict:
         "seconds": round(time.perf_counter() - began, 2),
         "parts_s": {k: round(v, 2) for k, v in engine.warm_up_seconds.items()},
         "per_bucket_s": {b: round(v, 2) for b, v in decoder.capture_seconds.items()},
+        "per_view_graph_s": {f"{side}x{n}": round(v, 2) for (side, n), v in engine.views.capture_seconds.items()},
     }
 
 

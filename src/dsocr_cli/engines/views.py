@@ -13,6 +13,7 @@ copied out before the next replay. Without CUDA, or where capture fails, the mod
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -33,6 +34,7 @@ class ViewEncoder:
         self.dtype = model.lm_head.weight.dtype
         # (side, batch) -> (graph, its input, its output)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.capture_seconds: dict[tuple[int, int], float] = {}  # per shape, for the start-up's record
 
     def eager(self, pixels: torch.Tensor) -> torch.Tensor:
         """transformers' modules as they are: the reference, and the path without graphs."""
@@ -65,7 +67,9 @@ class ViewEncoder:
             with torch.inference_mode():
                 for side in sides:
                     for size in CHUNKS:
+                        began = time.perf_counter()
                         pool = self._capture(side, size, pool, warm=size == CHUNKS[0])
+                        self.capture_seconds[side, size] = time.perf_counter() - began
         except Exception as exc:  # an op that cannot be captured: encode views eagerly instead
             log.warning("encoding page views without CUDA graphs (%s)", str(exc).splitlines()[0][:200])
             self.graphs.clear()
