@@ -380,3 +380,32 @@ def test_the_first_pages_are_made_while_the_decoder_starts():
     early = made_meanwhile(ready, never_done, limit=5)
     assert len(made) <= 5 + 4 + 2, "no more than the limit (and the window ahead) while waiting"
     assert [p.index for p in early] == list(range(40))
+
+
+def test_start_up_the_first_pages_need_not_wait_for_comes_once_a_page_ended(tiny_model):
+    """The rest of the start-up (larger buckets, the vision graphs) runs once, after a first page
+    ended, and only in a run with more pages than the lanes it started with."""
+    from dsocr_cli.engines.decode import Feed
+
+    engine = load_engine(
+        EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=6, no_repeat_ngram=0)
+    )
+    prompt = TASK_PROMPTS["markdown"]
+    prepare = engine.preparer(prompt)
+    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(6)]
+
+    def calls_after(count):
+        decoder = paged_decoder(engine, prompt, max_prompt=200, lanes=4)
+        ended_at_call = []
+        feed = Feed(
+            lambda group: engine._prefill(group, prompt),
+            engine._measure,
+            start_rest=lambda: ended_at_call.append(decoder.ended),
+        )
+        done = list(decoder.run(iter(pages[:count]), feed))
+        assert len(done) == count
+        return ended_at_call
+
+    assert calls_after(3) == [], "three pages fit the four lanes: nothing more to capture"
+    calls = calls_after(6)
+    assert len(calls) == 1 and calls[0] >= 1, "once, after a first page ended"

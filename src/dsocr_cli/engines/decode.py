@@ -31,7 +31,7 @@ import torch
 
 from dsocr_cli.engines.graphs import capture
 from dsocr_cli.engines.kernels.paged_attention import paged_decode_attention
-from dsocr_cli.engines.kv import PagedKV, upload
+from dsocr_cli.engines.kv import TRASH_BLOCK, PagedKV, upload
 from dsocr_cli.engines.ngram import ban_repeats, looping
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class Feed:
     forget: Callable[[object], object] = _same  # the item to keep once prefilled (bulky inputs dropped)
     renew: Callable[[object], object] = _same  # an item going back to the queue: start remaking its inputs
     ready: Callable[[object], bool] = lambda item: True  # whether a renewed item's inputs are made
+    start_rest: Callable[[], None] = lambda: None  # start-up work the first pages do not wait for
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ class DecoderConfig:
     # ...but the run starts with a burst: prefills may run this many seconds ahead of their share,
     # so more pages (the shortest of them ends first) decode from the start.
     prefill_grace: float = 0.5
+    # Lanes the decoder starts with: their buckets' graphs are captured before the first page;
+    # the larger ones once a first page has ended, while the lanes stay within the captured ones.
+    start_lanes: int = 32
     loop_span: int = 256  # a loop: the last loop_span tokens equal those some period earlier...
     loop_period: int = 512  # ...of at most this many tokens
     loop_every: int = 32  # steps between loop checks
@@ -150,6 +154,8 @@ class PagedDecoder:
         self.use_graph = config.use_graph and device.type == "cuda"
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.capture_seconds: dict[int, float] = {}  # per bucket, for the start-up's record
+        self.pool = None  # the graphs' shared memory pool
+        self.rest_started = False  # the graphs and work a run's first pages did not wait for
         self.lanes: dict[int, _Sequence] = {}  # lane -> the sequence in it
         self.lengths = [0] * lanes  # host mirror of `positions`: what each lane's cache holds
         self.queue: deque[_Sequence] = deque()  # preempted and retried sequences, before new pages
@@ -206,27 +212,31 @@ class PagedDecoder:
         )
         return attn.o_proj(out.reshape(batch, 1, -1))
 
-    def warm_up(self) -> None:
-        """Capture every bucket's graph now (largest first, one shared memory pool), so the first
-        pages of a run do not pay for it."""
+    def warm_up(self, up_to: int | None = None) -> None:
+        """Capture the graphs of the buckets up to `up_to` lanes (every bucket by default) not yet
+        captured, largest first into one shared memory pool. A run starts with the buckets of
+        `start_lanes`; the rest are captured once a first page has ended (`_start_rest`)."""
         if not self.use_graph:
             return
-        pool = None
         for b in sorted(self.buckets, reverse=True):
+            if b in self.graphs or (up_to is not None and b > up_to):
+                continue
             began = time.perf_counter()
-            graph = self._capture(b, pool)
+            graph = self._capture(b, self.pool)
             self.capture_seconds[b] = time.perf_counter() - began
             if graph is None:
                 self.use_graph = False
                 self.graphs.clear()
                 return
             self.graphs[b] = graph
-            pool = graph.pool()
+            self.pool = graph.pool()
 
     def _capture(self, b: int, pool) -> torch.cuda.CUDAGraph | None:
         """Record bucket b's step; its buffers are the lanes' state, so replays see every refill.
-        The warm-up steps run on the live state, which is then restored."""
-        saved = [t.clone() for t in (self.positions, self.generated, self.history, self.next_ids)]
+        The warm-up steps run on the live state, which is then restored; the block table points
+        every lane at the trash block meanwhile, so sequences already running keep their cache."""
+        saved = [t.clone() for t in (self.positions, self.generated, self.history, self.next_ids, self.kv.table)]
+        self.kv.table.fill_(TRASH_BLOCK)
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -238,12 +248,34 @@ class PagedDecoder:
         except Exception as exc:  # an op that cannot be captured: decode eagerly instead
             log.warning("decoding without CUDA graphs (%s)", str(exc).splitlines()[0][:200])
             graph = None
-        for tensor, value in zip((self.positions, self.generated, self.history, self.next_ids), saved, strict=True):
+        for tensor, value in zip(
+            (self.positions, self.generated, self.history, self.next_ids, self.kv.table), saved, strict=True
+        ):
             tensor.copy_(value)
         return graph
 
+    def _open_lanes(self) -> int:
+        """The lanes admissions may fill: all of them, or the largest captured bucket's while the
+        larger buckets wait to be captured."""
+        if self.use_graph and self.graphs and max(self.graphs) < max(self.buckets):
+            return max(self.graphs)
+        return self.config.lanes
+
+    def _start_rest(self, exhausted: bool) -> None:
+        """Once a first page has ended, the start-up work it did not wait for, and only where the run
+        needs it: the larger buckets' graphs and the caller's (`Feed.start_rest`: the vision graphs)."""
+        if self.rest_started or not self.ended:
+            return
+        if exhausted and len(self.lanes) + len(self.queue) <= self._open_lanes():
+            return  # the rest of the run fits the lanes it has
+        self.rest_started = True
+        if self.timeline is not None:
+            self.timeline.append((time.perf_counter(), "start-rest", len(self.lanes)))
+        self.warm_up()
+        self.feed.start_rest()
+
     def _bucket(self) -> int:
-        """The smallest captured batch size that holds every occupied lane."""
+        """The smallest batch size that holds every occupied lane."""
         return next(size for size in self.buckets if size > max(self.lanes))
 
     def _advance(self) -> None:
@@ -251,9 +283,6 @@ class PagedDecoder:
         for lane in self.lanes:
             self.lengths[lane] += 1
         graph = self.graphs.get(b) if self.use_graph else None
-        if graph is None and self.use_graph and not self.graphs:
-            self.warm_up()
-            graph = self.graphs.get(b)
         if graph is not None:
             graph.replay()
         else:
@@ -276,6 +305,7 @@ class PagedDecoder:
         ended: list[Finished] = []
         previous: _Snapshot | None = None  # the last step launched, its ends not yet read
         while True:
+            self._start_rest(exhausted)
             if (not exhausted or self.queue) and self._may_prefill(started):
                 exhausted = yield from self._admit(pending)
             launched = None
@@ -319,7 +349,7 @@ class PagedDecoder:
         Queued sequences (preempted, retried) come first, each once its inputs are remade; while
         lanes run, one whose inputs are still being made lets new pages pass."""
         group, tokens, exhausted = [], 0, False
-        free = self.config.lanes - len(self.lanes)
+        free = self._open_lanes() - len(self.lanes)
         spare = len(self.kv.free)
         measure = self.feed.measure or (lambda item: self.config.max_prompt)
         while len(group) < free:

@@ -94,6 +94,7 @@ class HFEngine:
             forget=self.remake.forget,
             renew=self.remake.renew,
             ready=self.remake.ready,
+            start_rest=self.capture_views,
         )
         interval = sys.getswitchinterval()
         sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
@@ -125,8 +126,8 @@ class HFEngine:
             return building.result(), ready
 
     def decoder_for(self, prompt: str):
-        """The paged decoder, built (and its CUDA graphs captured) once; rebuilt only for a prompt
-        longer than the room it was built with."""
+        """The paged decoder, built once (with the CUDA graphs of the lanes it starts with); rebuilt
+        only for a prompt longer than the room it was built with."""
         from dsocr_cli.engines.decode import DecoderConfig, PagedDecoder
 
         room = self._prompt_room(prompt)
@@ -136,9 +137,6 @@ class HFEngine:
         if self.device == "cuda":  # a pause users should not mistake for a hang
             log.info("capturing CUDA graphs (seconds; a first run on this machine also compiles Triton kernels)")
         began = time.perf_counter()
-        if not self.views.graphs:  # before the cache is sized: their memory pool is held for good
-            self.views.warm_up(self._view_sides())
-        views = time.perf_counter() - began
         n, window = self.options.no_repeat_ngram, self.options.no_repeat_window
         blocks, lanes = self._cache_plan(room)
         config = DecoderConfig(
@@ -153,10 +151,9 @@ class HFEngine:
             retry=self.options.retry_unfinished,
             prefill_tokens=PREFILL_TOKENS if self.device == "cuda" else 2 * room,
         )
-        decoding = time.perf_counter()
         self.decoder = (self.decoder_class or PagedDecoder)(self.model, config)
-        self.decoder.warm_up()
-        self.warm_up_seconds = {"decoder": time.perf_counter() - decoding, "views": views}
+        self.decoder.warm_up(up_to=config.start_lanes)
+        self.warm_up_seconds["decoder"] = time.perf_counter() - began
         log.info(
             "continuous batching: %d lanes, %d cache blocks of %d tokens (%.1f GiB); ready in %.1f s",
             lanes,
@@ -166,6 +163,15 @@ class HFEngine:
             time.perf_counter() - began,
         )
         return self.decoder
+
+    def capture_views(self) -> None:
+        """The vision tower's graphs, once: a run's first pages are prefilled without them (alone on
+        the GPU they gain nothing), the rest of the run with them (`Feed.start_rest`)."""
+        if self.views.graphs or self.device != "cuda":
+            return
+        began = time.perf_counter()
+        self.views.warm_up(self._view_sides())
+        self.warm_up_seconds["views"] = time.perf_counter() - began
 
     def _view_sides(self) -> tuple[int, ...]:
         """The pixel sides of the views a page can give: the global view and the tiles (as the
