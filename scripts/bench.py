@@ -583,12 +583,13 @@ def identity(engine_class, base, model: str, device: str, count: int, tokens: in
 
 def start_up(engine) -> dict:
     """Seconds of start-up: before the first pages (the decoder with its first buckets), and what
-    was captured once a first page had ended (the larger buckets, the vision graphs)."""
+    was captured once a first page was out (the other buckets, the vision graphs)."""
     decoder = engine.decoder
-    rest = sum(v for b, v in decoder.capture_seconds.items() if b > decoder.config.start_lanes)
+    rest = sum(v for b, v in decoder.capture_seconds.items() if b != decoder.start_bucket)
     return {
         "before_first_pages": round(engine.warm_up_seconds.get("decoder", 0.0), 2),
-        "larger_buckets": round(rest, 2),
+        "other_buckets": round(rest, 2),
+        "per_bucket": {b: round(v, 2) for b, v in decoder.capture_seconds.items()},
         "views": round(engine.warm_up_seconds.get("views", 0.0), 2),
     }
 

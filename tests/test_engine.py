@@ -383,8 +383,8 @@ def test_the_first_pages_are_made_while_the_decoder_starts():
 
 
 def test_start_up_the_first_pages_need_not_wait_for_comes_once_a_page_ended(tiny_model):
-    """The rest of the start-up (larger buckets, the vision graphs) runs once, after a first page
-    ended, and only in a run with more pages than the lanes it started with."""
+    """The rest of the start-up (other buckets, the vision graphs) runs once, after a first page
+    is out, and only where more pages are left than the lanes it started with."""
     from dsocr_cli.engines.decode import Feed
 
     engine = load_engine(
@@ -392,7 +392,7 @@ def test_start_up_the_first_pages_need_not_wait_for_comes_once_a_page_ended(tiny
     )
     prompt = TASK_PROMPTS["markdown"]
     prepare = engine.preparer(prompt)
-    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(6)]
+    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(12)]
 
     def calls_after(count):
         decoder = paged_decoder(engine, prompt, max_prompt=200, lanes=4)
@@ -407,5 +407,5 @@ def test_start_up_the_first_pages_need_not_wait_for_comes_once_a_page_ended(tiny
         return ended_at_call
 
     assert calls_after(3) == [], "three pages fit the four lanes: nothing more to capture"
-    calls = calls_after(6)
+    calls = calls_after(12)
     assert len(calls) == 1 and calls[0] >= 1, "once, after a first page ended"

@@ -109,8 +109,8 @@ class DecoderConfig:
     # ...but the run starts with a burst: prefills may run this many seconds ahead of their share,
     # so more pages (the shortest of them ends first) decode from the start.
     prefill_grace: float = 0.5
-    # Lanes the decoder starts with: their buckets' graphs are captured before the first page;
-    # the larger ones once a first page has ended, while the lanes stay within the captured ones.
+    # Lanes the decoder starts with: their bucket's graph alone is captured before the first pages,
+    # the other buckets once a first page is out; until then the lanes stay within it.
     start_lanes: int = 32
     loop_span: int = 256  # a loop: the last loop_span tokens equal those some period earlier...
     loop_period: int = 512  # ...of at most this many tokens
@@ -163,6 +163,7 @@ class PagedDecoder:
         self.closing: deque[tuple[_Sequence, str, torch.Tensor, torch.cuda.Event | None]] = deque()
         self.steps = 0
         self.ended = 0  # sequences that ended for good in this run
+        self.delivered = 0
         self.admitted = 0
         self.preemptions = 0
         self.prefill_clock = PrefillClock(device)
@@ -212,14 +213,14 @@ class PagedDecoder:
         )
         return attn.o_proj(out.reshape(batch, 1, -1))
 
-    def warm_up(self, up_to: int | None = None) -> None:
-        """Capture the graphs of the buckets up to `up_to` lanes (every bucket by default) not yet
-        captured, largest first into one shared memory pool. A run starts with the buckets of
-        `start_lanes`; the rest are captured once a first page has ended (`_start_rest`)."""
+    def warm_up(self, sizes: Iterable[int] | None = None) -> None:
+        """Capture the graphs of these buckets (every bucket by default) not yet captured, largest
+        first into one shared memory pool. A run starts with `start_bucket` alone; the rest are
+        captured once a first page is out (`_start_rest`)."""
         if not self.use_graph:
             return
-        for b in sorted(self.buckets, reverse=True):
-            if b in self.graphs or (up_to is not None and b > up_to):
+        for b in sorted(self.buckets if sizes is None else sizes, reverse=True):
+            if b in self.graphs:
                 continue
             began = time.perf_counter()
             graph = self._capture(b, self.pool)
@@ -254,17 +255,22 @@ class PagedDecoder:
             tensor.copy_(value)
         return graph
 
+    @property
+    def start_bucket(self) -> int:
+        """The one bucket captured before a run's first pages: it holds `start_lanes`."""
+        return next(size for size in self.buckets if size >= min(self.config.start_lanes, self.config.lanes))
+
     def _open_lanes(self) -> int:
         """The lanes admissions may fill: all of them, or the largest captured bucket's while the
-        larger buckets wait to be captured."""
+        other buckets wait to be captured."""
         if self.use_graph and self.graphs and max(self.graphs) < max(self.buckets):
             return max(self.graphs)
         return self.config.lanes
 
     def _start_rest(self, exhausted: bool) -> None:
-        """Once a first page has ended, the start-up work it did not wait for, and only where the run
-        needs it: the larger buckets' graphs and the caller's (`Feed.start_rest`: the vision graphs)."""
-        if self.rest_started or not self.ended:
+        """Once a first page is out, the start-up work it did not wait for, and only where the run
+        needs it: the other buckets' graphs and the caller's (`Feed.start_rest`: the vision graphs)."""
+        if self.rest_started or not self.delivered:
             return
         if exhausted and len(self.lanes) + len(self.queue) <= self._open_lanes():
             return  # the rest of the run fits the lanes it has
@@ -275,8 +281,9 @@ class PagedDecoder:
         self.feed.start_rest()
 
     def _bucket(self) -> int:
-        """The smallest batch size that holds every occupied lane."""
-        return next(size for size in self.buckets if size > max(self.lanes))
+        """The smallest batch size that holds every occupied lane, of those captured where graphs run."""
+        sizes = sorted(self.graphs) if self.use_graph and self.graphs else self.buckets
+        return next((size for size in sizes if size > max(self.lanes)), max(self.buckets))
 
     def _advance(self) -> None:
         b = self._bucket()
@@ -302,6 +309,7 @@ class PagedDecoder:
         self.prefill_clock = PrefillClock(self.device)
         self.closing.clear()  # an abandoned run's pages are not this run's
         self.ended = 0
+        self.delivered = 0  # Finished handed to the caller
         ended: list[Finished] = []
         previous: _Snapshot | None = None  # the last step launched, its ends not yet read
         while True:
@@ -320,6 +328,7 @@ class PagedDecoder:
             # both run, so the host's work between steps no longer leaves the GPU idle. A sequence
             # that ended is stepped once more, harmlessly: its tokens are read up to its end.
             yield from ended
+            self.delivered += len(ended)
             if previous is not None:
                 self._collect(previous)
             ended = list(self._closed(wait=launched is None))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ SWITCH_INTERVAL = 0.001
 # A prefill is thousands of eager kernel launches, tens of milliseconds of Python: while they are
 # made, the decoding thread keeps the GIL in longer turns, or the GPU runs ahead of them and waits.
 PREFILL_SWITCH_INTERVAL = 0.02
+FIRST_PAGES = 16  # pages made while the decoder starts: the first prefills', no more (their threads slow it)
 TEXT_ROOM = 256  # prompt text tokens the decoder is built for; a longer custom prompt rebuilds it
 
 
@@ -120,10 +122,26 @@ class HFEngine:
             with torch.no_grad():  # grad mode is per thread; the model's load turned it off on this one
                 return self.decoder_for(prompt)
 
-        with ThreadPoolExecutor(1, thread_name_prefix="dsocr-start") as pool:
+        with ThreadPoolExecutor(2, thread_name_prefix="dsocr-start") as pool:
             building = pool.submit(build)
-            ready = made_meanwhile(ready, building)
+            pool.submit(self._first_views)
+            ready = made_meanwhile(ready, building, limit=FIRST_PAGES)
             return building.result(), ready
+
+    def _first_views(self) -> None:
+        """One view of each side through the eager vision tower, beside the decode graphs' capture:
+        a process's first pass loads its kernels and libraries, which the first prefill would wait
+        for. Nothing depends on it; a failure shows again, and properly, at that prefill."""
+        import torch
+
+        if self.device != "cuda" or self.views.graphs:
+            return
+        try:
+            with torch.inference_mode():
+                for side in self._view_sides():
+                    self.views.eager(torch.zeros((1, 3, side, side), dtype=self.dtype, device=self.device))
+        except Exception:
+            log.debug("the vision tower's first pass failed", exc_info=True)
 
     def decoder_for(self, prompt: str):
         """The paged decoder, built once (with the CUDA graphs of the lanes it starts with); rebuilt
@@ -152,7 +170,7 @@ class HFEngine:
             prefill_tokens=PREFILL_TOKENS if self.device == "cuda" else 2 * room,
         )
         self.decoder = (self.decoder_class or PagedDecoder)(self.model, config)
-        self.decoder.warm_up(up_to=config.start_lanes)
+        self.decoder.warm_up([self.decoder.start_bucket])
         self.warm_up_seconds["decoder"] = time.perf_counter() - began
         log.info(
             "continuous batching: %d lanes, %d cache blocks of %d tokens (%.1f GiB); ready in %.1f s",
@@ -273,12 +291,7 @@ class HFEngine:
         return bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, head_dim, self.dtype)
 
     def _prompt_room(self, prompt: str) -> int:
-        """The longest prompt a page can give: global view + the most tiles + separator + text."""
-        image = self.processor.image_processor
-        per_view = math.ceil(image.tile_size / self.processor.patch_size / self.processor.downsample_ratio) ** 2
-        global_view = math.ceil(image.size["height"] / self.processor.patch_size / self.processor.downsample_ratio) ** 2
-        text = len(self.processor.tokenizer(prompt)["input_ids"])
-        return global_view + image.max_patches * per_view + 1 + max(text, TEXT_ROOM) + 8
+        return prompt_room(self.processor, prompt)
 
     def _cache_plan(self, room: int) -> tuple[int, int]:
         """(cache blocks, lanes). On CUDA the blocks take a share of free memory and the lanes are
@@ -402,6 +415,41 @@ def prefill_forward(model, inputs: dict, encode):
     return model.lm_head(out.last_hidden_state[:, -1]), [(layer.keys, layer.values) for layer in cache.layers]
 
 
+def prompt_room(processor, prompt: str) -> int:
+    """The longest prompt a page can give: global view + the most tiles + separator + text."""
+    image = processor.image_processor
+    per_view = math.ceil(image.tile_size / processor.patch_size / processor.downsample_ratio) ** 2
+    global_view = math.ceil(image.size["height"] / processor.patch_size / processor.downsample_ratio) ** 2
+    text = len(processor.tokenizer(prompt)["input_ids"])
+    return global_view + image.max_patches * per_view + 1 + max(text, TEXT_ROOM) + 8
+
+
+def compile_decode_kernels(config, processor, options: EngineOptions, dtype) -> None:
+    """The decode attention's Triton kernels for every batch size the decoder may capture, compiled
+    (or read from Triton's disk cache) while the weights load: on a fresh machine seconds that the
+    first graph captures, and so the first pages, no longer wait for."""
+    import torch
+
+    from dsocr_cli.engines.kernels.paged_attention import compile_ahead
+
+    text = config.text_config
+    longest = prompt_room(processor, TASK_PROMPTS["markdown"]) + options.max_new_tokens
+    batches = [2**k for k in range(MAX_LANES.bit_length())]
+    try:
+        compile_ahead(
+            text.num_attention_heads,
+            text.num_key_value_heads,
+            text.hidden_size // text.num_attention_heads,
+            BLOCK_SIZE,
+            -(-longest // BLOCK_SIZE),
+            dtype,
+            torch.device("cuda"),
+            batches,
+        )
+    except Exception:  # only time is lost: the graph captures compile what they need
+        log.debug("compiling the decode kernels ahead failed", exc_info=True)
+
+
 def padded_causal_mask(mask):
     """The 4D mask of a left-padded batch from its 2D boolean one, made on its device: causal over real keys.
     A padding query attends to itself only (a row with no key would give NaN and is never read)."""
@@ -451,6 +499,9 @@ def load(options: EngineOptions) -> HFEngine:
             "use --model deepseek-community/DeepSeek-OCR-2, or a remote-code engine for this checkpoint",
         )
     processor = _fetch(lambda: AutoProcessor.from_pretrained(source, **kwargs), options)
+    if device == "cuda":
+        args = (config, processor, options, dtype)
+        threading.Thread(target=compile_decode_kernels, args=args, name="dsocr-kernels", daemon=True).start()
     model_kwargs = dict(kwargs, dtype=dtype)
     if device == "cuda":
         model_kwargs["experts_implementation"] = "grouped_mm"

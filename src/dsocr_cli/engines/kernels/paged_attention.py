@@ -88,6 +88,21 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: fl
     return reference_paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale)
 
 
+def compile_ahead(q_heads, kv_heads, head_dim, block_size, max_blocks, dtype, device, batches) -> None:
+    """Launch the kernels once per batch size on empty rows, with the decoder's strides and head
+    counts: Triton compiles each variant (one per NUM_SPLITS) or loads it from its disk cache now,
+    not inside a graph capture."""
+    if not triton_decode_ready(device):
+        return
+    cache = torch.zeros((2, block_size, kv_heads, head_dim), dtype=dtype, device=device)
+    for batch in batches:
+        q = torch.zeros((batch, q_heads, head_dim), dtype=dtype, device=device)
+        table = torch.zeros((batch, max_blocks), dtype=torch.int32, device=device)
+        lens = torch.zeros(batch, dtype=torch.int32, device=device)
+        triton_paged_decode_attention(q, cache, cache, table, lens, 1.0)
+    torch.cuda.synchronize(device)
+
+
 def num_splits_for(batch: int, q_heads: int, max_blocks: int) -> int:
     """How many ranges stage one cuts each row into: enough programs to fill the GPU, never more than
     the blocks a row can hold. Shapes only, so a captured graph keeps it."""
