@@ -122,26 +122,10 @@ class HFEngine:
             with torch.no_grad():  # grad mode is per thread; the model's load turned it off on this one
                 return self.decoder_for(prompt)
 
-        with ThreadPoolExecutor(2, thread_name_prefix="dsocr-start") as pool:
+        with ThreadPoolExecutor(1, thread_name_prefix="dsocr-start") as pool:
             building = pool.submit(build)
-            pool.submit(self._first_views)
             ready = made_meanwhile(ready, building, limit=FIRST_PAGES)
             return building.result(), ready
-
-    def _first_views(self) -> None:
-        """One view of each side through the eager vision tower, beside the decode graphs' capture:
-        a process's first pass loads its kernels and libraries, which the first prefill would wait
-        for. Nothing depends on it; a failure shows again, and properly, at that prefill."""
-        import torch
-
-        if self.device != "cuda" or self.views.graphs:
-            return
-        try:
-            with torch.inference_mode():
-                for side in self._view_sides():
-                    self.views.eager(torch.zeros((1, 3, side, side), dtype=self.dtype, device=self.device))
-        except Exception:
-            log.debug("the vision tower's first pass failed", exc_info=True)
 
     def decoder_for(self, prompt: str):
         """The paged decoder, built once (with the CUDA graphs of the lanes it starts with); rebuilt
