@@ -17,6 +17,8 @@ later by recomputing its cache from its prompt and the tokens it had, never fail
 
 The decode step has fixed shapes per batch-size bucket, so on CUDA each bucket is captured once
 as a CUDA graph and replayed; lanes are compacted so the smallest bucket that holds them runs.
+A run starts with one bucket's graph and at most its lanes; the other buckets are captured once
+the first page is out, so the first pages do not wait for graphs a full batch needs.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ twice their kernels' time; replayed graphs gave 9.8% more tokens a second end to
 (docs/BENCHMARKS.md, run 22). Views come in two sizes only (the global view and
 the tiles), so each (side, batch) shape is captured once as a CUDA graph and replayed; a batch of
 n views runs as chunks of the captured sizes, each copied into its graph's input, its features
-copied out before the next replay. Without CUDA, or where capture fails, the modules run eagerly.
+copied out before the next replay. Without CUDA, or where capture fails, the modules run eagerly,
+as they do for a run's first pages: the graphs are captured once the first page is out.
 """
 
 from __future__ import annotations
