@@ -18,7 +18,8 @@ later by recomputing its cache from its prompt and the tokens it had, never fail
 The decode step has fixed shapes per batch-size bucket, so on CUDA each bucket is captured once
 as a CUDA graph and replayed; lanes are compacted so the smallest bucket that holds them runs.
 A run starts with one bucket's graph and at most its lanes; the other buckets are captured once
-the first page is out, so the first pages do not wait for graphs a full batch needs.
+the first page is out, where more pages are left, so the first pages do not wait for graphs a full
+batch needs and a short run never captures them.
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ class DecoderConfig:
     retry: bool = True  # admit a page that looped or hit the limit again, strictly
     prefill_tokens: int = 4608  # prompt tokens prefilled per forward at most
     prefill_share: float = 0.5  # of the run's time at most spent prefilling while lanes are running
-    # Until the first page ends, prefills take less of the time, so the first pages decode at
-    # nearly full speed instead of beside a batch filling at half the GPU's time...
+    # Until the decoder's first sequence ends (a page, or a loop cut for its retry), prefills take
+    # less of the time, so the first pages decode at nearly full speed instead of beside a batch
+    # filling at half the GPU's time; once per decoder, not per run (worker processes run often)...
     first_prefill_share: float = 0.25
     # ...but the run starts with a burst: prefills may run this many seconds ahead of their share,
     # so more pages (the shortest of them ends first) decode from the start.
@@ -164,8 +166,9 @@ class PagedDecoder:
         # Ended sequences whose tokens are being copied to the host: (sequence, finish, ids, copied)
         self.closing: deque[tuple[_Sequence, str, torch.Tensor, torch.cuda.Event | None]] = deque()
         self.steps = 0
-        self.ended = 0  # sequences that ended for good in this run
-        self.delivered = 0
+        self.ended = 0  # sequences that ended (retries included) in the decoder's life
+        self.delivered = 0  # Finished handed to the caller in this run
+        self.input_done = False  # this run's items have all been taken
         self.admitted = 0
         self.preemptions = 0
         self.prefill_clock = PrefillClock(device)
@@ -217,8 +220,8 @@ class PagedDecoder:
 
     def warm_up(self, sizes: Iterable[int] | None = None) -> None:
         """Capture the graphs of these buckets (every bucket by default) not yet captured, largest
-        first into one shared memory pool. A run starts with `start_bucket` alone; the rest are
-        captured once a first page is out (`_start_rest`)."""
+        first, all into one shared memory pool. A run starts with `start_bucket` alone; the rest
+        are captured once a first page is out, where the run has more pages left (`_start_rest`)."""
         if not self.use_graph:
             return
         for b in sorted(self.buckets if sizes is None else sizes, reverse=True):
@@ -251,10 +254,11 @@ class PagedDecoder:
         except Exception as exc:  # an op that cannot be captured: decode eagerly instead
             log.warning("decoding without CUDA graphs (%s)", str(exc).splitlines()[0][:200])
             graph = None
-        for tensor, value in zip(
-            (self.positions, self.generated, self.history, self.next_ids, self.kv.table), saved, strict=True
-        ):
-            tensor.copy_(value)
+        finally:  # an interrupt too: the running sequences' state comes back
+            for tensor, value in zip(
+                (self.positions, self.generated, self.history, self.next_ids, self.kv.table), saved, strict=True
+            ):
+                tensor.copy_(value)
         return graph
 
     @property
@@ -269,12 +273,13 @@ class PagedDecoder:
             return max(self.graphs)
         return self.config.lanes
 
-    def _start_rest(self, exhausted: bool) -> None:
-        """Once a first page is out, the start-up work it did not wait for, and only where the run
-        needs it: the other buckets' graphs and the caller's (`Feed.start_rest`: the vision graphs)."""
+    def _start_rest(self) -> None:
+        """Once a first page is out, the start-up work it did not wait for: the other buckets' graphs
+        and the caller's (`Feed.start_rest`: the vision graphs). Not where the run's items are all
+        taken and the sequences left fit the lanes open (a run of exactly those lanes still pays)."""
         if self.rest_started or not self.delivered:
             return
-        if exhausted and len(self.lanes) + len(self.queue) <= self._open_lanes():
+        if self.input_done and len(self.lanes) + len(self.queue) <= self._open_lanes():
             return  # the rest of the run fits the lanes it has
         self.rest_started = True
         if self.timeline is not None:
@@ -310,14 +315,14 @@ class PagedDecoder:
         started = time.perf_counter()
         self.prefill_clock = PrefillClock(self.device)
         self.closing.clear()  # an abandoned run's pages are not this run's
-        self.ended = 0
-        self.delivered = 0  # Finished handed to the caller
+        self.delivered = 0
+        self.input_done = False
         ended: list[Finished] = []
         previous: _Snapshot | None = None  # the last step launched, its ends not yet read
         while True:
-            self._start_rest(exhausted)
             if (not exhausted or self.queue) and self._may_prefill(started):
                 exhausted = yield from self._admit(pending)
+            self._start_rest()
             launched = None
             if self.lanes:
                 self._reserve()
@@ -346,8 +351,8 @@ class PagedDecoder:
 
     def _may_prefill(self, started: float) -> bool:
         """Prefill shares the GPU with running lanes: while any run, one prefill is queued at a time
-        and prefills take at most `prefill_share` of the time (less until a first page ended, past
-        a burst at the start), so admissions never stall decoding."""
+        and prefills take at most `prefill_share` of the time (less until the decoder's first
+        sequence ended, past a burst at the start), so admissions never stall decoding."""
         if not self.lanes:
             return True
         if self.prefill_clock.running():
@@ -368,7 +373,7 @@ class PagedDecoder:
             if seq is None:
                 item = next(pending, _END) if not exhausted else _END
                 if item is _END:
-                    exhausted = True
+                    exhausted = self.input_done = True
                     break
                 seq = _Sequence(item, time.perf_counter())
                 self.queue.appendleft(seq)
@@ -552,6 +557,7 @@ class PagedDecoder:
         The copy is queued on the stream, so the lane can be refilled at once, and read once it has
         passed (`_closed`): reading the tokens here would make the host wait for the step in flight."""
         seq = self.lanes.pop(lane)
+        self.ended += 1
         if finish != "eos" and self.config.retry and not seq.strict:
             self._clear(lane)
             self.queue.append(_Sequence(self.feed.renew(seq.item), seq.started, strict=True))  # after preempted
@@ -568,7 +574,6 @@ class PagedDecoder:
             ids = self.history[lane, :count].clone()
         self._clear(lane)
         self.closing.append((seq, finish, ids, copied))
-        self.ended += 1
 
     def _closed(self, wait: bool) -> Iterator[Finished]:
         """The ended sequences whose tokens have reached the host (all of them when `wait`)."""
