@@ -49,7 +49,8 @@ TEXT_ROOM = 256  # prompt text tokens the decoder is built for; a longer custom 
 
 class HFEngine:
     """`stream` (continuous batching) by default; `predict` serves --decoder generate, and the rest of
-    a run whose decoder broke. The decoder and its CUDA graphs are built on first use."""
+    a run whose decoder broke. The decoder is built on first use; its CUDA graphs, and the vision
+    tower's, are captured as a run needs them."""
 
     name = "hf"
     decoder_class = None  # SlotDecoder unless a subclass (the benchmark) brings its own
@@ -74,8 +75,9 @@ class HFEngine:
         self.strip_tokens = [t for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) if t]
         self.image_kwargs = mode_kwargs(options.mode, processor)
         self.decoder = None  # the continuous-batching decoder, built on first use
-        self.views = ViewEncoder(model)  # the prefill's vision tower; its CUDA graphs come with the decoder
-        self.warm_up_seconds: dict[str, float] = {}  # building the decoder and capturing its graphs
+        self.views = ViewEncoder(model)  # the prefill's vision tower; graphs once a run's first page is out
+        self.warm_up_seconds: dict[str, float] = {}  # the decoder's first graph ("decoder"), the vision graphs
+        self.kernels: threading.Thread | None = None  # compiling the Triton kernels while the weights load
         self.remake = None  # inputs remade in the background for pages the decoder takes back
         self.continuous = options.decoder == "slots"
         self.retries_inside = self.continuous  # the decoder retries loops itself, without blocking
@@ -113,58 +115,70 @@ class HFEngine:
             self.remake.close()
 
     def _decoder_meanwhile(self, prompt: str, ready: Iterator[PageImage]):
-        """The decoder, built on another thread (its CUDA graphs are captured there) while this one
-        starts rendering and making the first pages' inputs: the start-up overlaps them instead of
-        preceding them. Returns the decoder and the pages, those made meanwhile first."""
+        """The decoder, built here (a failure then takes no page with it) and started on another
+        thread (its first CUDA graph is captured there) while this one starts rendering and making
+        the first pages' inputs: the start-up overlaps them instead of preceding them. Returns the
+        decoder and the pages, those made meanwhile first."""
         import torch
 
-        def build():
+        decoder = self.decoder_for(prompt, start=False)
+
+        def start():
             with torch.no_grad():  # grad mode is per thread; the model's load turned it off on this one
-                return self.decoder_for(prompt)
+                self._start(decoder)
 
         with ThreadPoolExecutor(1, thread_name_prefix="dsocr-start") as pool:
-            building = pool.submit(build)
-            ready = made_meanwhile(ready, building, limit=FIRST_PAGES)
-            return building.result(), ready
+            starting = pool.submit(start)
+            ready = made_meanwhile(ready, starting, limit=FIRST_PAGES)
+            starting.result()
+        return decoder, ready
 
-    def decoder_for(self, prompt: str):
-        """The paged decoder, built once (with the CUDA graphs of the lanes it starts with); rebuilt
-        only for a prompt longer than the room it was built with."""
+    def decoder_for(self, prompt: str, start: bool = True):
+        """The paged decoder, built once and rebuilt only for a prompt longer than the room it was
+        built with; `start`: with the CUDA graph of the lanes it starts with captured."""
         from dsocr_cli.engines.decode import DecoderConfig, PagedDecoder
 
         room = self._prompt_room(prompt)
-        if self.decoder is not None and self.decoder.config.max_prompt >= room:
-            return self.decoder
-        self.decoder = None
-        if self.device == "cuda":  # a pause users should not mistake for a hang
-            log.info("capturing CUDA graphs (seconds; a first run on this machine also compiles Triton kernels)")
-        began = time.perf_counter()
-        n, window = self.options.no_repeat_ngram, self.options.no_repeat_window
-        blocks, lanes = self._cache_plan(room)
-        config = DecoderConfig(
-            lanes=lanes,
-            max_new_tokens=self.options.max_new_tokens,
-            max_prompt=room,
-            eos_id=self.eos_id,
-            blocks=blocks,
-            block_size=BLOCK_SIZE,
-            ngram=(n, window),
-            exempt_ids=self.exempt_ids,
-            retry=self.options.retry_unfinished,
-            prefill_tokens=PREFILL_TOKENS if self.device == "cuda" else 2 * room,
-        )
-        self.decoder = (self.decoder_class or PagedDecoder)(self.model, config)
-        self.decoder.warm_up([self.decoder.start_bucket])
-        self.warm_up_seconds["decoder"] = time.perf_counter() - began
-        log.info(
-            "continuous batching: %d lanes, %d cache blocks of %d tokens (%.1f GiB); ready in %.1f s",
-            lanes,
-            blocks,
-            BLOCK_SIZE,
-            blocks * BLOCK_SIZE * self._kv_bytes_per_token() / 2**30,
-            time.perf_counter() - began,
-        )
+        if self.decoder is None or self.decoder.config.max_prompt < room:
+            self.decoder = None
+            n, window = self.options.no_repeat_ngram, self.options.no_repeat_window
+            blocks, lanes = self._cache_plan(room)
+            config = DecoderConfig(
+                lanes=lanes,
+                max_new_tokens=self.options.max_new_tokens,
+                max_prompt=room,
+                eos_id=self.eos_id,
+                blocks=blocks,
+                block_size=BLOCK_SIZE,
+                ngram=(n, window),
+                exempt_ids=self.exempt_ids,
+                retry=self.options.retry_unfinished,
+                prefill_tokens=PREFILL_TOKENS if self.device == "cuda" else 2 * room,
+            )
+            self.decoder = (self.decoder_class or PagedDecoder)(self.model, config)
+            log.info(
+                "continuous batching: %d lanes, %d cache blocks of %d tokens (%.1f GiB)",
+                lanes,
+                blocks,
+                BLOCK_SIZE,
+                blocks * BLOCK_SIZE * self._kv_bytes_per_token() / 2**30,
+            )
+        if start:
+            self._start(self.decoder)
         return self.decoder
+
+    def _start(self, decoder) -> None:
+        """Capture the graph of the bucket a run starts with, once, after the Triton kernels that
+        `load` compiles meanwhile (a capture beside their device-wide work could fail)."""
+        if not decoder.use_graph or decoder.start_bucket in decoder.graphs:
+            return
+        if self.kernels is not None:
+            self.kernels.join()
+        log.info("capturing a CUDA graph (seconds; the others follow once the first page is out)")
+        began = time.perf_counter()
+        decoder.warm_up([decoder.start_bucket])
+        self.warm_up_seconds["decoder"] = time.perf_counter() - began
+        log.info("decoder ready in %.1f s", self.warm_up_seconds["decoder"])
 
     def capture_views(self) -> None:
         """The vision tower's graphs, once: a run's first pages are prefilled without them (alone on
@@ -409,7 +423,7 @@ def prompt_room(processor, prompt: str) -> int:
 
 
 def compile_decode_kernels(config, processor, options: EngineOptions, dtype) -> None:
-    """The decode attention's Triton kernels for every batch size the decoder may capture, compiled
+    """The decode attention's Triton kernels for every batch size the decoder may run, compiled
     (or read from Triton's disk cache) while the weights load: on a fresh machine seconds that the
     first graph captures, and so the first pages, no longer wait for."""
     import torch
@@ -418,7 +432,6 @@ def compile_decode_kernels(config, processor, options: EngineOptions, dtype) -> 
 
     text = config.text_config
     longest = prompt_room(processor, TASK_PROMPTS["markdown"]) + options.max_new_tokens
-    batches = [2**k for k in range(MAX_LANES.bit_length())]
     try:
         compile_ahead(
             text.num_attention_heads,
@@ -428,7 +441,7 @@ def compile_decode_kernels(config, processor, options: EngineOptions, dtype) -> 
             -(-longest // BLOCK_SIZE),
             dtype,
             torch.device("cuda"),
-            batches,
+            MAX_LANES,
         )
     except Exception:  # only time is lost: the graph captures compile what they need
         log.debug("compiling the decode kernels ahead failed", exc_info=True)
@@ -483,9 +496,11 @@ def load(options: EngineOptions) -> HFEngine:
             "use --model deepseek-community/DeepSeek-OCR-2, or a remote-code engine for this checkpoint",
         )
     processor = _fetch(lambda: AutoProcessor.from_pretrained(source, **kwargs), options)
+    kernels = None
     if device == "cuda":
         args = (config, processor, options, dtype)
-        threading.Thread(target=compile_decode_kernels, args=args, name="dsocr-kernels", daemon=True).start()
+        kernels = threading.Thread(target=compile_decode_kernels, args=args, name="dsocr-kernels", daemon=True)
+        kernels.start()
     model_kwargs = dict(kwargs, dtype=dtype)
     if device == "cuda":
         model_kwargs["experts_implementation"] = "grouped_mm"
@@ -494,7 +509,9 @@ def load(options: EngineOptions) -> HFEngine:
     fold_sam_attention(model)
     log.info("loaded %s on %s (%s)", options.model, device, str(dtype).replace("torch.", ""))
     torch.set_grad_enabled(False)
-    return HFEngine(model, processor, options, device, dtype, source)
+    engine = HFEngine(model, processor, options, device, dtype, source)
+    engine.kernels = kernels
+    return engine
 
 
 def _check_model_path(model: str) -> str:
