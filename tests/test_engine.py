@@ -374,12 +374,20 @@ def test_the_first_pages_are_made_while_the_decoder_starts():
         pages_out = made_meanwhile(ready, start_up, limit=8)
         assert start_up.result() and len(made) >= 3
     assert [p.inputs["index"] for p in pages_out] == list(range(40))
-    never_done = ThreadPoolExecutor(1).submit(threading.Event().wait, 0.5)
-    ready, _ = prepared(prepare, iter(pages), threads=2, ahead=4)
-    made.clear()
-    early = made_meanwhile(ready, never_done, limit=5)
-    assert len(made) <= 5 + 4 + 2, "no more than the limit (and the window ahead) while waiting"
-    assert [p.index for p in early] == list(range(40))
+    with ThreadPoolExecutor(1) as pool:
+        slow_start = pool.submit(threading.Event().wait, 0.5)  # never set: ends after 0.5 s
+        ready, _ = prepared(prepare, iter(pages), threads=2, ahead=4)
+        made.clear()
+        early = made_meanwhile(ready, slow_start, limit=5)
+        assert len(made) <= 5 + 4 + 2, "no more than the limit (and the window ahead) while waiting"
+        assert [p.index for p in early] == list(range(40))
+        ready, _ = prepared(prepare, iter(pages), threads=2, ahead=4)
+        pulled = []
+        already_done = pool.submit(lambda: None)
+        already_done.result()
+        rest = made_meanwhile((pulled.append(p) or p for p in ready), already_done)
+        assert pulled == [], "a start already over takes no page ahead"
+        assert len(list(rest)) == 40
 
 
 def test_start_up_the_first_pages_need_not_wait_for_comes_once_a_page_ended(tiny_model):
@@ -396,16 +404,65 @@ def test_start_up_the_first_pages_need_not_wait_for_comes_once_a_page_ended(tiny
 
     def calls_after(count):
         decoder = paged_decoder(engine, prompt, max_prompt=200, lanes=4)
-        ended_at_call = []
+        received, received_at_call = [], []
         feed = Feed(
             lambda group: engine._prefill(group, prompt),
             engine._measure,
-            start_rest=lambda: ended_at_call.append(decoder.ended),
+            start_rest=lambda: received_at_call.append(len(received)),
         )
-        done = list(decoder.run(iter(pages[:count]), feed))
-        assert len(done) == count
-        return ended_at_call
+        for done in decoder.run(iter(pages[:count]), feed):
+            received.append(done)
+        assert len(received) == count
+        return received_at_call
 
     assert calls_after(3) == [], "three pages fit the four lanes: nothing more to capture"
     calls = calls_after(12)
-    assert len(calls) == 1 and calls[0] >= 1, "once, after a first page ended"
+    assert len(calls) == 1 and calls[0] >= 1, "once, after the caller has its first page"
+
+
+def test_until_the_other_graphs_are_captured_the_lanes_stay_within_the_first(tiny_model):
+    """Graphs stand in for CUDA's here (each replays the eager step of its bucket): before the
+    first page is out, steps run the one captured bucket and no more lanes than it holds; then
+    every bucket is captured and the lanes fill."""
+    from dsocr_cli.engines.decode import DecoderConfig, PagedDecoder
+
+    engine = load_engine(
+        EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=8, no_repeat_ngram=0)
+    )
+    prompt = TASK_PROMPTS["markdown"]
+    replays = []
+
+    class Replay:
+        def __init__(self, decoder, size):
+            self.decoder, self.size = decoder, size
+
+        def replay(self):
+            replays.append((self.size, len(self.decoder.lanes)))
+            self.decoder._step(self.size)
+
+        def pool(self):
+            return None
+
+    class StandInGraphs(PagedDecoder):
+        def _capture(self, b, pool):
+            return Replay(self, b)
+
+    config = DecoderConfig(
+        lanes=8, max_new_tokens=8, max_prompt=200, eos_id=engine.eos_id, blocks=128, block_size=16,
+        retry=False, start_lanes=2, prefill_grace=1e6,
+    )  # fmt: skip
+    decoder = StandInGraphs(engine.model, config)
+    decoder.use_graph = True  # as on CUDA
+    decoder.warm_up([decoder.start_bucket])
+    assert sorted(decoder.graphs) == [2]
+    prepare = engine.preparer(prompt)
+    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(12)]
+    decoder.timeline = []
+    done = run_decoder(decoder, engine, pages, prompt)
+    assert len(done) == 12 and sorted(decoder.graphs) == decoder.buckets == [1, 2, 4, 8]
+    rest_at = next(i for i, (_, kind, _) in enumerate(decoder.timeline) if kind == "start-rest")
+    steps_before = sum(kind == "step" for _, kind, _ in decoder.timeline[:rest_at])
+    before, after = replays[:steps_before], replays[steps_before:]
+    assert before and all(size == 2 and lanes <= 2 for size, lanes in before), "one bucket, its lanes"
+    assert max(lanes for _, lanes in after) > 2, "then the lanes fill"
+    assert {size for size, _ in after} > {2}, "and the smaller and larger buckets run"

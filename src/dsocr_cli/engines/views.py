@@ -8,7 +8,8 @@ twice their kernels' time; replayed graphs gave 9.8% more tokens a second end to
 the tiles), so each (side, batch) shape is captured once as a CUDA graph and replayed; a batch of
 n views runs as chunks of the captured sizes, each copied into its graph's input, its features
 copied out before the next replay. Without CUDA, or where capture fails, the modules run eagerly,
-as they do for a run's first pages: the graphs are captured once the first page is out.
+as they do for a run's first pages: the graphs are captured once the first page is out, where
+more pages are left than the lanes open.
 """
 
 from __future__ import annotations
