@@ -422,7 +422,7 @@ def prompt_room(processor, prompt: str) -> int:
     return global_view + image.max_patches * per_view + 1 + max(text, TEXT_ROOM) + 8
 
 
-def compile_decode_kernels(config, processor, options: EngineOptions, dtype) -> None:
+def compile_decode_kernels(config, max_blocks: int, dtype) -> None:
     """The decode attention's Triton kernels for every batch size the decoder may run, compiled
     (or read from Triton's disk cache) while the weights load: on a fresh machine seconds that the
     first graph captures, and so the first pages, no longer wait for."""
@@ -431,14 +431,13 @@ def compile_decode_kernels(config, processor, options: EngineOptions, dtype) -> 
     from dsocr_cli.engines.kernels.paged_attention import compile_ahead
 
     text = config.text_config
-    longest = prompt_room(processor, TASK_PROMPTS["markdown"]) + options.max_new_tokens
     try:
         compile_ahead(
             text.num_attention_heads,
             text.num_key_value_heads,
             text.hidden_size // text.num_attention_heads,
             BLOCK_SIZE,
-            -(-longest // BLOCK_SIZE),
+            max_blocks,
             dtype,
             torch.device("cuda"),
             MAX_LANES,
@@ -498,7 +497,8 @@ def load(options: EngineOptions) -> HFEngine:
     processor = _fetch(lambda: AutoProcessor.from_pretrained(source, **kwargs), options)
     kernels = None
     if device == "cuda":
-        args = (config, processor, options, dtype)
+        longest = prompt_room(processor, TASK_PROMPTS["markdown"]) + options.max_new_tokens
+        args = (config, -(-longest // BLOCK_SIZE), dtype)  # the tokenizer stays on this thread
         kernels = threading.Thread(target=compile_decode_kernels, args=args, name="dsocr-kernels", daemon=True)
         kernels.start()
     model_kwargs = dict(kwargs, dtype=dtype)
