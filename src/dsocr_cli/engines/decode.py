@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dsocr_cli.engines.graphs import capture
+from dsocr_cli.engines.graphs import capture, warm
 from dsocr_cli.engines.kernels.paged_attention import paged_decode_attention
 from dsocr_cli.engines.kv import TRASH_BLOCK, PagedKV, upload
 from dsocr_cli.engines.ngram import ban_repeats, looping
@@ -244,12 +244,7 @@ class PagedDecoder:
         saved = [t.clone() for t in (self.positions, self.generated, self.history, self.next_ids, self.kv.table)]
         self.kv.table.fill_(TRASH_BLOCK)
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._step(b)
-            torch.cuda.current_stream().wait_stream(stream)
+            warm(lambda: self._step(b), times=2)
             graph, _ = capture(lambda: self._step(b), pool)
         except Exception as exc:  # an op that cannot be captured: decode eagerly instead
             log.warning("decoding without CUDA graphs (%s)", str(exc).splitlines()[0][:200])
@@ -289,8 +284,8 @@ class PagedDecoder:
 
     def _bucket(self) -> int:
         """The smallest batch size that holds every occupied lane, of those captured where graphs run."""
-        sizes = sorted(self.graphs) if self.use_graph and self.graphs else self.buckets
-        return next((size for size in sizes if size > max(self.lanes)), max(self.buckets))
+        sizes = self.graphs if self.use_graph and self.graphs else self.buckets
+        return min((size for size in sizes if size > max(self.lanes)), default=max(self.buckets))
 
     def _advance(self) -> None:
         b = self._bucket()

@@ -19,6 +19,17 @@ import torch
 _streams: dict[int, torch.cuda.Stream] = {}  # the capture stream of each device
 
 
+def warm(run: Callable[[], object], times: int = 1) -> None:
+    """Run `run` eagerly on a side stream before its capture, so what it builds lazily (kernels
+    chosen and compiled, cached tables) exists outside the graph's pool."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(times):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+
+
 def capture(record: Callable[[], object], pool=None) -> tuple[torch.cuda.CUDAGraph, object]:
     """Record `record()`'s kernels as a graph (its memory from `pool`, shared when given) and return
     the graph with what `record` returned: the tensors a replay rewrites. Warm-up runs, where

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from dsocr_cli.engines.graphs import capture
+from dsocr_cli.engines.graphs import capture, warm
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ViewEncoder:
                 for side in sides:
                     for size in CHUNKS:
                         began = time.perf_counter()
-                        pool = self._capture(side, size, pool, warm=size == CHUNKS[0])
+                        pool = self._capture(side, size, pool, first=size == CHUNKS[0])
                         self.capture_seconds[side, size] = time.perf_counter() - began
         except Exception as exc:  # an op that cannot be captured: encode views eagerly instead
             log.warning("encoding page views without CUDA graphs (%s)", str(exc).splitlines()[0][:200])
@@ -78,17 +78,13 @@ class ViewEncoder:
             return False
         return True
 
-    def _capture(self, side: int, size: int, pool, warm: bool):
+    def _capture(self, side: int, size: int, pool, first: bool):
         """Record one shape's forward. The first shape of a side runs eagerly first on a side
         stream, so lazily built state (kernels chosen, SAM's cached position tables) exists before
         capture rather than in the graph's pool."""
         source = torch.zeros((size, 3, side, side), dtype=self.dtype, device=self.device)
-        if warm:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self.eager(source)
-            torch.cuda.current_stream().wait_stream(stream)
+        if first:
+            warm(lambda: self.eager(source))
         graph, output = capture(lambda: self.eager(source), pool)
         self.graphs[(side, size)] = (graph, source, output)
         return graph.pool()
