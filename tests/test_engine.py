@@ -94,11 +94,15 @@ def paged_decoder(engine, prompt: str, **overrides):
     return PagedDecoder(engine.model, DecoderConfig(**settings))
 
 
-def run_decoder(decoder, engine, pages, prompt):
+def run_steps(decoder, engine, pages, prompt, **feed):
+    """The decoder's Finished as they come, over the engine's own prefill (`feed`: more of Feed's fields)."""
     from dsocr_cli.engines.decode import Feed
 
-    feed = Feed(lambda group: engine._prefill(group, prompt), engine._measure)
-    return {done.item.source.key: done for done in decoder.run(iter(pages), feed)}
+    yield from decoder.run(iter(pages), Feed(lambda group: engine._prefill(group, prompt), engine._measure, **feed))
+
+
+def run_decoder(decoder, engine, pages, prompt):
+    return {done.item.source.key: done for done in run_steps(decoder, engine, pages, prompt)}
 
 
 def test_preempted_sequences_resume_token_identical(tiny_model):
@@ -343,12 +347,6 @@ def test_until_a_first_page_ends_prefills_keep_to_the_first_share(tiny_model):
     assert lanes[:4] == [1, 2, 3, 4], "a grace lets the first groups in back to back"
 
 
-def run_steps(decoder, engine, pages, prompt):
-    from dsocr_cli.engines.decode import Feed
-
-    yield from decoder.run(iter(pages), Feed(lambda group: engine._prefill(group, prompt), engine._measure))
-
-
 def test_the_first_pages_are_made_while_the_decoder_starts():
     """The decoder's start (graph capture) runs beside the first pages' inputs, not before them:
     pages are pulled and made until it is done, and none is lost or reordered."""
@@ -393,8 +391,6 @@ def test_the_first_pages_are_made_while_the_decoder_starts():
 def test_start_up_the_first_pages_need_not_wait_for_comes_once_a_page_ended(tiny_model):
     """The rest of the start-up (other buckets, the vision graphs) runs once, after a first page
     is out, and only where more pages are left than the lanes it started with."""
-    from dsocr_cli.engines.decode import Feed
-
     engine = load_engine(
         EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=6, no_repeat_ngram=0)
     )
@@ -405,12 +401,11 @@ def test_start_up_the_first_pages_need_not_wait_for_comes_once_a_page_ended(tiny
     def calls_after(count):
         decoder = paged_decoder(engine, prompt, max_prompt=200, lanes=4)
         received, received_at_call = [], []
-        feed = Feed(
-            lambda group: engine._prefill(group, prompt),
-            engine._measure,
-            start_rest=lambda: received_at_call.append(len(received)),
-        )
-        for done in decoder.run(iter(pages[:count]), feed):
+
+        def rest():
+            received_at_call.append(len(received))
+
+        for done in run_steps(decoder, engine, pages[:count], prompt, start_rest=rest):
             received.append(done)
         assert len(received) == count
         return received_at_call
