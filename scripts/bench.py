@@ -583,8 +583,8 @@ def identity(engine_class, base, model: str, device: str, count: int, tokens: in
 
 
 def start_up(engine) -> dict:
-    """Seconds of start-up: before the first pages (the decoder with its first buckets), and what
-    was captured once a first page was out (the other buckets, the vision graphs)."""
+    """Seconds of start-up: before the first pages (the decoder's first bucket), and what was
+    captured once a first page was out (the other buckets, the vision graphs)."""
     decoder = engine.decoder
     rest = sum(v for b, v in decoder.capture_seconds.items() if b != decoder.start_bucket)
     return {
@@ -597,8 +597,8 @@ def start_up(engine) -> dict:
 
 def warm_up(engine_class, base, model: str, device: str) -> dict:
     """What the start costs after the model is loaded: building the decoder and capturing its
-    graphs (per decode bucket) and the vision graphs, all of them at once here. Run twice, in two processes, to see what
-    kernel caches on disk (Triton's) save on a second start."""
+    graphs (per decode bucket) and the vision graphs, all of them at once here. Run twice, in two
+    processes, to see what kernel caches on disk (Triton's, CUDA's) save on a second start."""
     from dsocr_cli.options import TASK_PROMPTS
 
     engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
