@@ -340,6 +340,14 @@ def retry_timeline(events: list) -> dict:
     }
 
 
+def engine_from(engine_class, base, options, device: str, model: str):
+    """A fresh engine on the loaded model: its own decoder and graphs, and the load's kernel
+    compilation to wait for before its first capture, as the CLI's engine does."""
+    engine = engine_class(base.model, base.processor, options, device, base.dtype, model)
+    engine.kernels = base.kernels
+    return engine
+
+
 def engine_options(model: str, device: str, **overrides):
     """The CLI's defaults (options.EngineOptions), as a user runs them."""
     from dsocr_cli.options import EngineOptions
@@ -355,7 +363,7 @@ def measure_default(engine_class, base, model: str, device: str, count: int, nam
     from dsocr_cli.options import TASK_PROMPTS
 
     prompt = TASK_PROMPTS["markdown"]
-    engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
+    engine = engine_from(engine_class, base, engine_options(model, device), device, model)
     engine.decoder_for(prompt)
     prepare = engine.preparer(prompt)
     with ThreadPoolExecutor(8) as pool:
@@ -382,7 +390,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
     pages = write_corpus(folder / "in", count, seed=5)
     shutil.rmtree(folder / "out", ignore_errors=True)
     options = Options(engine=engine_options(model, device), output=OutputOptions(out=folder / "out"))
-    engine = engine_class(base.model, base.processor, options.engine, device, base.dtype, model)
+    engine = engine_from(engine_class, base, options.engine, device, model)
     engine.prepare_in_renderer = name == "e2e-renderer"
     if name == "e2e-eager-views":  # the vision tower as transformers' eager code, for comparison
         engine.views.warm_up = lambda sides: False
@@ -536,7 +544,7 @@ def measure_seed(engine_class, base, model: str, device: str, tokens: int) -> di
     from dsocr_cli.options import TASK_PROMPTS
 
     options = engine_options(model, device, max_new_tokens=tokens, no_repeat_ngram=0, decoder="generate")
-    engine = engine_class(base.model, base.processor, options, device, base.dtype, model)
+    engine = engine_from(engine_class, base, options, device, model)
     engine.plan = staticmethod(lambda page: (tokens, 0))
     engine.model.set_experts_implementation("eager")
     engine.model.generation_config.no_repeat_ngram_size = 20
@@ -560,7 +568,7 @@ def identity(engine_class, base, model: str, device: str, count: int, tokens: in
 
     pages = pages_for(count, seed=3)
     options = engine_options(model, device, max_new_tokens=tokens + 1, retry_unfinished=False)
-    engine = engine_class(base.model, base.processor, options, device, base.dtype, model)
+    engine = engine_from(engine_class, base, options, device, model)
     engine.plan = staticmethod(lambda page: (tokens, 0))
     prompt = TASK_PROMPTS["markdown"]
     single = {p.source.key: engine.predict([p], prompt)[0].text for p in pages}
@@ -601,7 +609,7 @@ def warm_up(engine_class, base, model: str, device: str) -> dict:
     processes, to see what kernel caches on disk (Triton's, CUDA's) save on a second start."""
     from dsocr_cli.options import TASK_PROMPTS
 
-    engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
+    engine = engine_from(engine_class, base, engine_options(model, device), device, model)
     began = time.perf_counter()
     decoder = engine.decoder_for(TASK_PROMPTS["markdown"])
     decoder.warm_up()  # what a run captures once its first page has ended
@@ -624,7 +632,7 @@ def profile(engine_class, base, model: str, device: str, lanes: int) -> dict:
     from dsocr_cli.options import TASK_PROMPTS
 
     prompt = TASK_PROMPTS["markdown"]
-    engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
+    engine = engine_from(engine_class, base, engine_options(model, device), device, model)
     decoder = engine.decoder_for(prompt)
     pages = [engine.preparer(prompt)(p) for p in pages_for(4, seed=7)]
     result = {"config": "profile", "lanes": lanes}
@@ -664,7 +672,7 @@ def syncs(engine_class, base, model: str, device: str, count: int = 8) -> dict:
     from dsocr_cli.options import TASK_PROMPTS
 
     prompt = TASK_PROMPTS["markdown"]
-    engine = engine_class(base.model, base.processor, engine_options(model, device), device, base.dtype, model)
+    engine = engine_from(engine_class, base, engine_options(model, device), device, model)
     decoder = engine.decoder_for(prompt)
     pages = [engine.preparer(prompt)(p) for p in pages_for(count, seed=7)]
     feed = Feed(prefill=lambda group: engine._prefill(group, prompt))

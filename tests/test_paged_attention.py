@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from dsocr_cli.engines.kernels.paged_attention import (
+    _probe,
     paged_decode_attention,
     reference_paged_decode_attention,
     triton_decode_ready,
@@ -111,21 +112,39 @@ def test_triton_kernel_matches_reference_fp32(lens, q_heads, kv_heads, dim, bloc
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
 
 
+def test_the_readiness_check_passes_while_the_default_dtype_is_bf16():
+    """The check runs beside the model's load, which sets the process-wide default dtype to bf16 for a
+    while: its tensors must not follow it, or a working kernel is judged broken and never used."""
+    device = kernel_device()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        assert _probe(torch.device(device))
+    finally:
+        torch.set_default_dtype(previous)
+
+
 @pytest.mark.skipif(not HAS_TRITON or INTERPRETED, reason="needs Triton installed")
 def test_triton_kernel_under_the_interpreter_on_cpu():
     """CI has no GPU: run the kernel tests above in a child process with Triton's interpreter, which
     must be chosen before Triton is first imported."""
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    test = f"{Path(__file__)}::test_triton_kernel_matches_reference_fp32"
+    tests = [
+        f"{Path(__file__)}::{name}"
+        for name in (
+            "test_triton_kernel_matches_reference_fp32",
+            "test_the_readiness_check_passes_while_the_default_dtype_is_bf16",
+        )
+    ]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f"{len(KERNEL_CASES)} passed" in done.stdout
+    assert f"{len(KERNEL_CASES) + 1} passed" in done.stdout
 
 
 cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs CUDA and Triton")

@@ -163,19 +163,24 @@ def triton_paged_decode_attention(
 
 def _probe(device: torch.device) -> bool:
     """A tiny ragged GQA launch checked against the reference: catches a Triton that imports but cannot
-    compile or launch here (old driver, missing compiler) before the decoder relies on it."""
+    compile or launch here (old driver, missing compiler) before the decoder relies on it. Every dtype is
+    explicit: it runs beside the model's load, which sets the process-wide default dtype for a while."""
     try:
         gen = torch.Generator(device="cpu").manual_seed(0)
-        q = torch.randn(3, 4, 32, generator=gen).to(device)
-        k_cache, v_cache = (torch.randn(8, 16, 2, 32, generator=gen).to(device) for _ in range(2))
+        q = torch.randn(3, 4, 32, generator=gen, dtype=torch.float32).to(device)
+        k_cache, v_cache = (torch.randn(8, 16, 2, 32, generator=gen, dtype=torch.float32).to(device) for _ in range(2))
         table = torch.randperm(8, generator=gen)[:6].view(3, 2).to(device, torch.int32)
         lens = torch.tensor([0, 1, 29], dtype=torch.int32, device=device)
         got = triton_paged_decode_attention(q, k_cache, v_cache, table, lens, 0.2)
         want = reference_paged_decode_attention(q, k_cache, v_cache, table, lens, 0.2)
-        return bool(torch.allclose(got, want, atol=1e-4, rtol=1e-4))
-    except Exception as error:  # any failure means "not ready": the reference still works
-        log.warning("Triton decode attention failed its check on %s: %s", device, error)
+        if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+            return True
+        error = (got - want).abs().max().item()
+    except Exception as failure:  # any failure means "not ready": the reference still works
+        log.warning("Triton decode attention failed its check on %s: %s", device, failure)
         return False
+    log.warning("Triton decode attention differs from the reference on %s by up to %.2g; not used", device, error)
+    return False
 
 
 if triton is not None:
