@@ -231,10 +231,14 @@ def pages_of(sizes: list[tuple[int, int]]):
 
 def write_corpus(folder: Path, pages: int, seed: int) -> int:
     """A folder as users have them: multi-page A4 PDFs (6 tiles a page at 144 DPI) and single
-    images of every size, about half the pages each. Returns the page count."""
+    images of every size, about half the pages each, in a folder of its own that is emptied first
+    (a larger corpus left there by an earlier run would be read too). Returns the page count."""
+    import shutil
+
     import pymupdf
 
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     rng = random.Random(seed)
     written = 0
     for doc_index in range(10**6):
@@ -433,6 +437,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
             "first_page_tokens": marks.first_tokens,
             "warm_up_s": start_up(engine),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if device == "cuda" else None,
             "finish": finishes,
             "retried": sum(p.prediction.attempts > 1 for d in summary.documents for p in d.pages),
         }

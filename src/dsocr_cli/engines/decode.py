@@ -109,7 +109,7 @@ class DecoderConfig:
     # Until the decoder's first sequence ends (a page, or a loop cut for its retry), prefills take
     # less of the time, so the first pages decode at nearly full speed instead of beside a batch
     # filling at half the GPU's time; once per decoder, not per run (worker processes run often)...
-    first_prefill_share: float = 0.25
+    first_prefill_share: float = 0.1
     # ...but the run starts with a burst: prefills may run this many seconds ahead of their share,
     # so more pages (the shortest of them ends first) decode from the start.
     prefill_grace: float = 0.5
