@@ -15,8 +15,10 @@ import torch.nn.functional as F
 
 from dsocr_cli.engines.kernels.paged_attention import (
     _probe,
+    num_splits_for,
     paged_decode_attention,
     reference_paged_decode_attention,
+    split_variants,
     triton_decode_ready,
     triton_paged_decode_attention,
 )
@@ -87,6 +89,19 @@ def test_reference_matches_contiguous_attention(lens, q_heads, kv_heads, dim, bl
 def test_cpu_dispatch_is_the_reference():
     problem = paged_problem([3, 0, 40], 4, 4, 16, 16)
     torch.testing.assert_close(paged_decode_attention(*problem, scale=0.25), contiguous_attention(*problem, 0.25))
+
+
+def test_kernels_compiled_ahead_are_the_buckets_variants_and_few():
+    """Each variant is two compiles on a fresh machine, while the first page waits: the decoder's
+    buckets at the model's 10 heads need five, where every batch size up to 256 needed 50."""
+    from dsocr_cli.engines.decode import buckets_for
+
+    buckets = buckets_for(256)
+    variants = split_variants(buckets, 10, 160)
+    assert set(variants) == {num_splits_for(b, 10, 160) for b in buckets}
+    assert all(num_splits_for(b, 10, 160) == splits for splits, b in variants.items())
+    assert len(variants) == 5
+    assert len(split_variants(range(1, 257), 10, 160)) == 50
 
 
 def kernel_device() -> str:

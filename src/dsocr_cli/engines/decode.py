@@ -154,7 +154,7 @@ class PagedDecoder:
         self.active = torch.zeros(lanes, dtype=torch.bool, device=device)
         self.strict = torch.zeros(lanes, dtype=torch.bool, device=device)
         self.exempt = torch.tensor(config.exempt_ids, dtype=torch.long, device=device)
-        self.buckets = _buckets(lanes)
+        self.buckets = buckets_for(lanes)
         self.use_graph = config.use_graph and device.type == "cuda"
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.capture_seconds: dict[int, float] = {}  # per bucket, for the start-up's record
@@ -625,7 +625,7 @@ class PrefillClock:
         return bool(self.pending)
 
 
-def _buckets(lanes: int) -> list[int]:
+def buckets_for(lanes: int) -> list[int]:
     """Batch sizes the step is captured at: powers of two below `lanes`, and `lanes` itself."""
     sizes, size = [], 1
     while size < lanes:

@@ -423,11 +423,14 @@ def prompt_room(processor, prompt: str) -> int:
 
 
 def compile_decode_kernels(config, max_blocks: int, dtype) -> None:
-    """The decode attention's Triton kernels for every batch size the decoder may run, compiled
-    (or read from Triton's disk cache) while the weights load: on a fresh machine seconds that the
-    first graph captures, and so the first pages, no longer wait for."""
+    """The decode attention's Triton kernels for the decoder's buckets, compiled (or read from
+    Triton's disk cache) while the weights load: on a fresh machine seconds that the first graph
+    captures, and so the first pages, no longer wait for. The lanes are not known yet: these are
+    the buckets of the most lanes; a decoder with fewer compiles its top bucket's variant when it
+    captures that bucket, after the first page."""
     import torch
 
+    from dsocr_cli.engines.decode import buckets_for
     from dsocr_cli.engines.kernels.paged_attention import compile_ahead
 
     text = config.text_config
@@ -440,7 +443,7 @@ def compile_decode_kernels(config, max_blocks: int, dtype) -> None:
             max_blocks,
             dtype,
             torch.device("cuda"),
-            MAX_LANES,
+            buckets_for(MAX_LANES),
         )
     except Exception:  # only time is lost: the graph captures compile what they need
         log.debug("compiling the decode kernels ahead failed", exc_info=True)

@@ -88,24 +88,28 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: fl
     return reference_paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale)
 
 
-def compile_ahead(q_heads, kv_heads, head_dim, block_size, max_blocks, dtype, device, max_batch: int) -> None:
-    """Launch the kernels on empty rows once per variant a batch of 1..max_batch rows uses (one per
-    NUM_SPLITS), with the decoder's strides and head counts: Triton compiles each or loads it from
-    its disk cache now, not inside a graph capture. On a stream of its own, waited for alone."""
+def compile_ahead(q_heads, kv_heads, head_dim, block_size, max_blocks, dtype, device, batches) -> None:
+    """Launch the kernels on empty rows once per variant (one per NUM_SPLITS) that these batch sizes
+    use, with the decoder's strides and head counts: Triton compiles each or loads it from its disk
+    cache now, not inside a graph capture. On a stream of its own, waited for alone."""
     if not triton_decode_ready(device):
         return
-    variants = {}
-    for batch in range(max_batch, 0, -1):
-        variants[num_splits_for(batch, q_heads, max_blocks)] = batch
     stream = torch.cuda.Stream(device)
     with torch.cuda.stream(stream):
         cache = torch.zeros((2, block_size, kv_heads, head_dim), dtype=dtype, device=device)
-        for batch in variants.values():
+        for batch in split_variants(batches, q_heads, max_blocks).values():
             q = torch.zeros((batch, q_heads, head_dim), dtype=dtype, device=device)
             table = torch.zeros((batch, max_blocks), dtype=torch.int32, device=device)
             lens = torch.zeros(batch, dtype=torch.int32, device=device)
             triton_paged_decode_attention(q, cache, cache, table, lens, 1.0)
     stream.synchronize()
+
+
+def split_variants(batches, q_heads: int, max_blocks: int) -> dict[int, int]:
+    """A batch size for each kernel variant these batch sizes run ({NUM_SPLITS: batch}). Each
+    variant is two Triton compiles (about a second each on a fresh machine), so this is the
+    decoder's few buckets, not every batch size: 1..256 rows would need 50 variants."""
+    return {num_splits_for(batch, q_heads, max_blocks): batch for batch in sorted(batches)}
 
 
 def num_splits_for(batch: int, q_heads: int, max_blocks: int) -> int:
