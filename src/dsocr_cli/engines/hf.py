@@ -76,7 +76,8 @@ class HFEngine:
         self.image_kwargs = mode_kwargs(options.mode, processor)
         self.decoder = None  # the continuous-batching decoder, built on first use
         self.views = ViewEncoder(model)  # the prefill's vision tower; graphs once a run's first page is out
-        self.warm_up_seconds: dict[str, float] = {}  # the decoder's first graph ("decoder"), the vision graphs
+        # waiting for the load's kernels ("kernels"), the decoder's first graph ("decoder"), the vision graphs
+        self.warm_up_seconds: dict[str, float] = {}
         self.kernels: threading.Thread | None = None  # compiling the Triton kernels while the weights load
         self.remake = None  # inputs remade in the background for pages the decoder takes back
         self.continuous = options.decoder == "slots"
@@ -172,8 +173,10 @@ class HFEngine:
         `load` compiles meanwhile (a capture beside their device-wide work could fail)."""
         if not decoder.use_graph or decoder.start_bucket in decoder.graphs:
             return
+        began = time.perf_counter()
         if self.kernels is not None:
             self.kernels.join()
+        self.warm_up_seconds["kernels"] = time.perf_counter() - began  # what the load's compiling still took
         log.info("capturing a CUDA graph (seconds; the others follow once the first page is out)")
         began = time.perf_counter()
         decoder.warm_up([decoder.start_bucket])
