@@ -7,7 +7,7 @@
 #   docker run --gpus all -v "$PWD:/data" dsocr pdf /data/file.pdf -o /data/out
 #
 # Recommended extras: `-v dsocr-cache:/cache` keeps downloaded weights and compiled GPU kernels
-# (Triton's cache: a start without it compiles them again) between runs (otherwise
+# (Triton's cache and CUDA's: a start without them compiles them again) between runs (otherwise
 # every run gets a fresh anonymous volume), `--rm` deletes the container afterwards, and
 # `--user "$(id -u):$(id -g)"` makes the files written to /data yours.
 #
@@ -70,9 +70,9 @@ RUN --mount=type=bind,source=.,target=/tmp/dsocr-src,rw \
 # The cache and the work folder are writable by any uid, so `docker run --user` works too.
 RUN groupadd --gid 10001 dsocr \
     && useradd --uid 10001 --gid 10001 --create-home --shell /bin/bash dsocr \
-    && install -d -m 1777 /cache /cache/huggingface /cache/triton /data
+    && install -d -m 1777 /cache /cache/huggingface /cache/triton /cache/nv /data
 
-ENV HF_HOME=/cache/huggingface TRITON_CACHE_DIR=/cache/triton
+ENV HF_HOME=/cache/huggingface TRITON_CACHE_DIR=/cache/triton CUDA_CACHE_PATH=/cache/nv
 VOLUME /cache
 WORKDIR /data
 USER 10001:10001

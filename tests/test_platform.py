@@ -379,6 +379,7 @@ def test_dockerfile_entrypoint_cmd_volume_workdir():
     envs = " ".join(args for kind, args in steps if kind == "ENV")
     assert "HF_HOME=/cache/huggingface" in envs
     assert "TRITON_CACHE_DIR=/cache/triton" in envs, "compiled kernels kept in the volume with the weights"
+    assert "CUDA_CACHE_PATH=/cache/nv" in envs, "and the kernels the driver compiles from PTX"
 
 
 def test_dockerfile_base_is_a_blackwell_capable_ngc_pytorch():
