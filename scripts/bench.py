@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -237,7 +238,13 @@ def write_corpus(folder: Path, pages: int, seed: int) -> int:
 
     import pymupdf
 
-    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        strangers = [p.name for p in folder.iterdir() if not re.fullmatch(r"(doc\d+\.pdf|img\d+\.png)", p.name)]
+        if strangers:
+            raise SystemExit(
+                f"{folder} holds files the benchmark did not write ({strangers[0]}, ...); give another --folder"
+            )
+        shutil.rmtree(folder)
     folder.mkdir(parents=True)
     rng = random.Random(seed)
     written = 0

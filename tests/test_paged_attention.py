@@ -91,9 +91,9 @@ def test_cpu_dispatch_is_the_reference():
     torch.testing.assert_close(paged_decode_attention(*problem, scale=0.25), contiguous_attention(*problem, 0.25))
 
 
-def test_kernels_compiled_ahead_are_the_buckets_variants_and_few():
-    """Each variant is two compiles on a fresh machine, while the first page waits: the decoder's
-    buckets at the model's 10 heads need five, where every batch size up to 256 needed 50."""
+def test_kernels_compiled_ahead_are_the_variants_of_the_most_lanes_buckets_and_few():
+    """Each variant is two compiles on a fresh machine, while the first page waits: the buckets of
+    256 lanes at the model's 10 heads need five, where every batch size up to 256 needed 50."""
     from dsocr_cli.engines.decode import buckets_for
 
     buckets = buckets_for(256)

@@ -107,8 +107,8 @@ def compile_ahead(q_heads, kv_heads, head_dim, block_size, max_blocks, dtype, de
 
 def split_variants(batches, q_heads: int, max_blocks: int) -> dict[int, int]:
     """A batch size for each kernel variant these batch sizes run ({NUM_SPLITS: batch}). Each
-    variant is two Triton compiles (about a second each on a fresh machine), so this is the
-    decoder's few buckets, not every batch size: 1..256 rows would need 50 variants."""
+    variant is two Triton compiles of seconds each on a fresh machine, so the load compiles the
+    few that the buckets of the most lanes run, not one per batch size (1..256 rows: 50 variants)."""
     return {num_splits_for(batch, q_heads, max_blocks): batch for batch in sorted(batches)}
 
 
