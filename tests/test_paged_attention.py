@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from dsocr_cli.engines.kernels.paged_attention import (
     _probe,
-    num_splits_for,
     paged_decode_attention,
     reference_paged_decode_attention,
     split_variants,
@@ -91,17 +90,24 @@ def test_cpu_dispatch_is_the_reference():
     torch.testing.assert_close(paged_decode_attention(*problem, scale=0.25), contiguous_attention(*problem, 0.25))
 
 
-def test_kernels_compiled_ahead_are_the_variants_of_the_most_lanes_buckets_and_few():
-    """Each variant is two compiles on a fresh machine, while the first page waits: the buckets of
-    256 lanes at the model's 10 heads need five, where every batch size up to 256 needed 50."""
-    from dsocr_cli.engines.decode import buckets_for
+def test_the_load_compiles_ahead_only_the_few_variants_the_buckets_run(monkeypatch):
+    """Each variant is two compiles on a fresh machine, while the first page waits: the batch sizes
+    the load hands to `compile_ahead` (the buckets of the most lanes) need five at the model's 10
+    heads, where every batch size up to 256 needed 50."""
+    from types import SimpleNamespace
 
-    buckets = buckets_for(256)
-    variants = split_variants(buckets, 10, 160)
-    assert set(variants) == {num_splits_for(b, 10, 160) for b in buckets}
-    assert all(num_splits_for(b, 10, 160) == splits for splits, b in variants.items())
-    assert len(variants) == 5
-    assert len(split_variants(range(1, 257), 10, 160)) == 50
+    from dsocr_cli.engines import hf
+    from dsocr_cli.engines.kernels import paged_attention
+
+    asked = []
+    monkeypatch.setattr(paged_attention, "compile_ahead", lambda *args: asked.append(args))
+    text = SimpleNamespace(num_attention_heads=10, num_key_value_heads=10, hidden_size=1280)
+    hf.compile_decode_kernels(SimpleNamespace(text_config=text), 160, torch.bfloat16)
+    ((q_heads, _, head_dim, _, max_blocks, _, _, batches),) = asked
+    assert (q_heads, head_dim, max_blocks) == (10, 128, 160)
+    assert 32 in batches, "the bucket a run starts with"
+    assert len(split_variants(batches, q_heads, max_blocks)) == 5
+    assert len(split_variants(range(1, 257), q_heads, max_blocks)) == 50
 
 
 def kernel_device() -> str:
