@@ -242,7 +242,8 @@ def write_corpus(folder: Path, pages: int, seed: int) -> int:
         strangers = [p.name for p in folder.iterdir() if not re.fullmatch(r"(doc\d+\.pdf|img\d+\.png)", p.name)]
         if strangers:
             raise SystemExit(
-                f"{folder} holds files the benchmark did not write ({strangers[0]}, ...); give another --folder"
+                f"{folder} holds {len(strangers)} file(s) the benchmark did not write ({strangers[0]}); "
+                "use another --folder"
             )
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

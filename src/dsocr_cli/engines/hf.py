@@ -170,7 +170,7 @@ class HFEngine:
 
     def _start(self, decoder) -> None:
         """Capture the graph of the bucket a run starts with, once, after the Triton kernels that
-        `load` compiles meanwhile (a capture beside their device-wide work could fail)."""
+        `load` compiles meanwhile: its warm-up would otherwise compile them again on this thread."""
         if not decoder.use_graph or decoder.start_bucket in decoder.graphs:
             return
         began = time.perf_counter()

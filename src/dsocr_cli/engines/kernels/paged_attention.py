@@ -91,7 +91,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale: fl
 def compile_ahead(q_heads, kv_heads, head_dim, block_size, max_blocks, dtype, device, batches) -> None:
     """Launch the kernels on empty rows once per variant (one per NUM_SPLITS) that these batch sizes
     use, with the decoder's strides and head counts: Triton compiles each or loads it from its disk
-    cache now, not inside a graph capture. On a stream of its own, waited for alone."""
+    cache now, not in the eager warm-up before a capture. On a stream of its own, waited for alone."""
     if not triton_decode_ready(device):
         return
     stream = torch.cuda.Stream(device)
