@@ -40,6 +40,14 @@ def test_prediction_fields(engine):
     assert "<｜end▁of▁sentence｜>" not in prediction.text and "<｜▁pad▁｜>" not in prediction.text
 
 
+def test_the_load_leaves_sdpa_without_its_cudnn_backend(engine):
+    """cuDNN's attention builds a plan per new shape, seconds in a first prefill (docs/BENCHMARKS.md);
+    the load turns it off for the process, so flash and memory-efficient kernels serve every prefill."""
+    import torch
+
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_base_mode_uses_the_global_view_only(tiny_model):
     engine = load_engine(EngineOptions(model=str(tiny_model), device="cpu", mode="base", max_new_tokens=4))
     inputs = engine.processor(
