@@ -133,6 +133,7 @@ class ForcedLength:
 LOOP_SHARE = 0.04  # pages that loop on their first attempt
 LOOP_START = 200  # tokens a looping page writes before its cycle begins
 CAP = None  # --cap: shorter targets for a CPU smoke run of the code paths
+CORPUS_SEED = 5  # the e2e and default configurations read the same corpus
 SCHEDULE: dict = {}  # --schedule: the decoder's scheduling fields, as an experiment
 
 
@@ -367,21 +368,30 @@ def engine_options(model: str, device: str, **overrides):
     return EngineOptions(model=model, device=device, **overrides)
 
 
-def measure_default(engine_class, base, model: str, device: str, count: int, name: str = "default") -> dict:
-    """Engine only, at the CLI's defaults: pages with their inputs made ahead and the decoder's first
-    graph captured, outside the clock (the other graphs, once the first page is out, inside it)."""
+def measure_default(
+    engine_class, base, model: str, device: str, count: int, folder: Path, name: str = "default"
+) -> dict:
+    """Engine only, at the CLI's defaults, on the end-to-end run's own pages (the same corpus,
+    rendered as the pipeline renders it, so the same sizes, target lengths and loops): pages with
+    their inputs made ahead and the decoder's first graph captured, outside the clock (the other
+    graphs, once the first page is out, inside it). What the pipeline costs is then the difference."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from dsocr_cli.options import TASK_PROMPTS
+    from dsocr_cli.discover import discover
+    from dsocr_cli.options import TASK_PROMPTS, RenderOptions
+    from dsocr_cli.render import render
 
     prompt = TASK_PROMPTS["markdown"]
     engine = engine_from(engine_class, base, engine_options(model, device), device, model)
     engine.decoder_for(prompt)
     prepare = engine.preparer(prompt)
+    write_corpus(folder / "in", count, seed=CORPUS_SEED)
+    sources, _ = discover([str(folder / "in")])
+    rendered = [page for source in sources for page in render(source, RenderOptions())]
     with ThreadPoolExecutor(8) as pool:
-        pages = list(pool.map(prepare, pages_for(count, seed=2)))
+        pages = list(pool.map(prepare, rendered))
     stream = (prediction for _, prediction in engine.stream(iter(pages), prompt))
-    return timed(engine, count, name, stream) | decoder_fields(engine)
+    return timed(engine, len(pages), name, stream) | decoder_fields(engine)
 
 
 def measure_e2e(engine_class, base, model: str, device: str, count: int, folder: Path, name="e2e", window=None) -> dict:
@@ -399,7 +409,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
     from dsocr_cli.pipeline import Pipeline
     from dsocr_cli.writers.tree import TreeOutput
 
-    pages = write_corpus(folder / "in", count, seed=5)
+    pages = write_corpus(folder / "in", count, seed=CORPUS_SEED)
     shutil.rmtree(folder / "out", ignore_errors=True)
     options = Options(engine=engine_options(model, device), output=OutputOptions(out=folder / "out"))
     engine = engine_from(engine_class, base, options.engine, device, model)
@@ -734,7 +744,7 @@ def run(model: str, names: list[str], device: str, count: int, folder: Path, win
         if name == "seed":
             result = measure_seed(engine_class, base, model, device, 256)
         elif name == "default":
-            result = measure_default(engine_class, base, model, device, count)
+            result = measure_default(engine_class, base, model, device, count, folder)
         elif name in ("e2e", "e2e-renderer", "e2e-eager-views"):
             result = measure_e2e(engine_class, base, model, device, count, folder, name, window)
         elif name == "identity":
