@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import random
@@ -133,7 +134,6 @@ class ForcedLength:
 LOOP_SHARE = 0.04  # pages that loop on their first attempt
 LOOP_START = 200  # tokens a looping page writes before its cycle begins
 CAP = None  # --cap: shorter targets for a CPU smoke run of the code paths
-CORPUS_SEED = 5  # the e2e and default configurations read the same corpus
 SCHEDULE: dict = {}  # --schedule: the decoder's scheduling fields, as an experiment
 
 
@@ -273,6 +273,17 @@ def write_corpus(folder: Path, pages: int, seed: int) -> int:
     return written
 
 
+@functools.cache
+def corpus(folder: Path, count: int) -> tuple[int, tuple]:
+    """The e2e corpus, written once per process whichever configuration asks first, and its
+    sources as discovery finds them: the engine-only and e2e configurations read the same pages."""
+    from dsocr_cli.discover import discover
+
+    pages = write_corpus(folder, count, seed=5)
+    sources, _ = discover([str(folder)])
+    return pages, tuple(sources)
+
+
 def timed(engine, pages: int, name: str, predictions) -> dict:
     """Run `predictions` (an iterator of Predictions) against the clock; the fields every config reports."""
     import torch
@@ -377,7 +388,6 @@ def measure_default(
     graphs, once the first page is out, inside it). What the pipeline costs is then the difference."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from dsocr_cli.discover import discover
     from dsocr_cli.options import TASK_PROMPTS, RenderOptions
     from dsocr_cli.render import render
 
@@ -385,8 +395,7 @@ def measure_default(
     engine = engine_from(engine_class, base, engine_options(model, device), device, model)
     engine.decoder_for(prompt)
     prepare = engine.preparer(prompt)
-    write_corpus(folder / "in", count, seed=CORPUS_SEED)
-    sources, _ = discover([str(folder / "in")])
+    _, sources = corpus(folder / "in", count)
     rendered = [page for source in sources for page in render(source, RenderOptions())]
     with ThreadPoolExecutor(8) as pool:
         pages = list(pool.map(prepare, rendered))
@@ -404,12 +413,11 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
 
     import torch
 
-    from dsocr_cli.discover import discover
     from dsocr_cli.options import Options, OutputOptions
     from dsocr_cli.pipeline import Pipeline
     from dsocr_cli.writers.tree import TreeOutput
 
-    pages = write_corpus(folder / "in", count, seed=CORPUS_SEED)
+    pages, sources = corpus(folder / "in", count)
     shutil.rmtree(folder / "out", ignore_errors=True)
     options = Options(engine=engine_options(model, device), output=OutputOptions(out=folder / "out"))
     engine = engine_from(engine_class, base, options.engine, device, model)
@@ -418,7 +426,6 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
         engine.views.warm_up = lambda sides: False
     if window:
         engine._prefill = Window(engine._prefill, *window)
-    sources, _ = discover([str(folder / "in")])
     output = TreeOutput(folder / "out", options.output)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -426,7 +433,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
     started = time.perf_counter()
     marks = FirstMarks(engine, started)
     try:
-        summary = Pipeline(options, engine, output).run(sources)
+        summary = Pipeline(options, engine, output).run(list(sources))
     finally:
         output.close()
     seconds = time.perf_counter() - started
