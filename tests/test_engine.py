@@ -42,7 +42,7 @@ def test_prediction_fields(engine):
 
 def test_the_load_leaves_sdpa_without_its_cudnn_backend(engine):
     """cuDNN's attention builds a plan per new shape, seconds in a first prefill (docs/BENCHMARKS.md);
-    the load turns it off for the process, so flash and memory-efficient kernels serve every prefill."""
+    the load turns it off for the process, so SDPA's other kernels serve every prefill."""
     import torch
 
     assert not torch.backends.cuda.cudnn_sdp_enabled()

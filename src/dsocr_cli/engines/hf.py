@@ -517,7 +517,7 @@ def load(options: EngineOptions) -> HFEngine:
     torch.set_grad_enabled(False)
     # SDPA's cuDNN backend, torch's first choice on Hopper, builds a plan for every new shape: 3-4 s
     # in a process's first prefill and about 65 ms per new shape after it, with decoding waiting on
-    # the same thread. The flash and memory-efficient kernels need no plan (H200, 512 pages: 9%
+    # the same thread. SDPA's other kernels (flash, memory-efficient) need no plan (H200, 512 pages: 9%
     # more tokens a second without it, the first prefill launched in 0.7 s instead of 3.6 s).
     torch.backends.cuda.enable_cudnn_sdp(False)
     engine = HFEngine(model, processor, options, device, dtype, source)
