@@ -134,6 +134,7 @@ class ForcedLength:
 LOOP_SHARE = 0.04  # pages that loop on their first attempt
 LOOP_START = 200  # tokens a looping page writes before its cycle begins
 CAP = None  # --cap: shorter targets for a CPU smoke run of the code paths
+TIMELINES: Path | None = None  # --timeline: where each configuration's decoder timeline goes
 SCHEDULE: dict = {}  # --schedule: the decoder's scheduling fields, as an experiment
 
 
@@ -161,6 +162,24 @@ def make_engine_class():
             self.periods = torch.zeros(self.config.lanes, dtype=torch.long, device=self.device)
 
         plan = None  # the engine's page_plan, set when the engine builds the decoder
+
+        def run(self, items, feed):
+            """The decoder's run, with every wait for the next page (rendering, preprocessing)
+            of over a millisecond in the timeline as an "input-wait" and its seconds in `waits`."""
+            self.waits = []
+            return super().run(self._waited(iter(items)), feed)
+
+        def _waited(self, items):
+            while True:
+                began = time.perf_counter()
+                item = next(items, None)
+                ended = time.perf_counter()
+                if item is None:
+                    return
+                if self.timeline is not None and ended - began > 1e-3:
+                    self.timeline.append((ended, "input-wait", len(self.lanes)))
+                    self.waits.append((ended - began, len(self.lanes)))
+                yield item
 
         def on_admit(self, lane, seq):
             length, period = self.plan(seq.item)
@@ -314,8 +333,15 @@ def timed(engine, pages: int, name: str, predictions) -> dict:
     }
 
 
-def decoder_fields(engine) -> dict:
+def decoder_fields(engine, name: str) -> dict:
+    """The decoder's side of a run (lanes, cache, steps, occupancy, waits); its whole timeline goes
+    to `<name>.timeline.json` in --timeline's folder, where one is given."""
     decoder = engine.decoder
+    if TIMELINES and decoder.timeline:
+        start = decoder.timeline[0][0]
+        events = [[round(t - start, 4), kind, lanes] for t, kind, lanes in decoder.timeline]
+        TIMELINES.mkdir(parents=True, exist_ok=True)
+        (TIMELINES / f"{name}.timeline.json").write_text(json.dumps(events))
     return {
         "lanes": decoder.config.lanes,
         "cache_blocks": decoder.config.blocks,
@@ -326,6 +352,19 @@ def decoder_fields(engine) -> dict:
         "prefill_s": round(decoder.prefill_seconds, 2),
         "occupancy": occupancy(decoder.timeline or []),
         "retry_timeline": retry_timeline(decoder.timeline or []),
+        "input_waits": input_waits(getattr(decoder, "waits", [])),
+    }
+
+
+def input_waits(waits: list) -> dict:
+    """How long the decoder waited for its next page (over 1 ms each), in all and while lanes ran."""
+    running = [seconds for seconds, lanes in waits if lanes]
+    return {
+        "count": len(waits),
+        "seconds": round(sum(s for s, _ in waits), 2),
+        "while_running": len(running),
+        "seconds_while_running": round(sum(running), 2),
+        "longest_ms": round(1000 * max((s for s, _ in waits), default=0.0), 1),
     }
 
 
@@ -400,7 +439,7 @@ def measure_default(
     with ThreadPoolExecutor(8) as pool:
         pages = list(pool.map(prepare, rendered))
     stream = (prediction for _, prediction in engine.stream(iter(pages), prompt))
-    return timed(engine, len(pages), name, stream) | decoder_fields(engine)
+    return timed(engine, len(pages), name, stream) | decoder_fields(engine, name)
 
 
 def measure_e2e(engine_class, base, model: str, device: str, count: int, folder: Path, name="e2e", window=None) -> dict:
@@ -466,7 +505,7 @@ def measure_e2e(engine_class, base, model: str, device: str, count: int, folder:
             "finish": finishes,
             "retried": sum(p.prediction.attempts > 1 for d in summary.documents for p in d.pages),
         }
-        | decoder_fields(engine)
+        | decoder_fields(engine, name)
         | ({"window": engine._prefill.result} if window else {})
     )
 
@@ -780,12 +819,14 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=Path("/tmp/dsocr-bench"), help="where e2e writes its corpus")
     parser.add_argument("--cap", type=int, help="cap each page's target length (a CPU smoke run, not a measurement)")
     parser.add_argument("--schedule", default="", help="FIELD=VALUE,...: the decoder's prefill shares and grace")
+    parser.add_argument("--timeline", type=Path, help="write each configuration's decoder timeline here")
     parser.add_argument(
         "--window", help="START,SECONDS: profile that stretch of the e2e run (GPU busy share, host time)"
     )
     args = parser.parse_args()
-    global CAP, SCHEDULE
+    global CAP, SCHEDULE, TIMELINES
     CAP = args.cap
+    TIMELINES = args.timeline
     SCHEDULE = {k: float(v) for k, v in (item.split("=") for item in args.schedule.split(",") if item)}
     if set(SCHEDULE) - {"prefill_share", "first_prefill_share", "prefill_grace"}:
         parser.error("--schedule takes prefill_share, first_prefill_share and prefill_grace")
