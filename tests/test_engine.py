@@ -271,6 +271,67 @@ def test_input_threads_keep_page_order_and_report_failures():
     assert [(p.index, str(e)) for p, e in failed()] == [(3, "tiles do not fit")]
 
 
+def test_prepared_pages_say_whether_the_next_one_is_made():
+    """`arrived` is false while the next page's inputs are still being made and true once they
+    are (or no page is left), so the decoder can step instead of waiting for a page."""
+    import dataclasses
+    import threading
+    import time
+
+    from dsocr_cli.engines.inputs import prepared
+
+    gate = threading.Event()
+
+    def prepare(page):
+        if page.index == 1:
+            gate.wait(30)
+        return dataclasses.replace(page, inputs={"index": page.index})
+
+    ready, _ = prepared(prepare, iter([noise_page(i, 40, 40, seed=i) for i in range(3)]), threads=2, ahead=4)
+    assert next(ready).inputs == {"index": 0}
+    time.sleep(0.05)
+    assert not ready.arrived(), "page 1 is still being made"
+    gate.set()
+    deadline = time.monotonic() + 30
+    while not ready.arrived() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [p.inputs["index"] for p in ready] == [1, 2]
+    assert ready.arrived(), "nothing left: taking the end costs no wait"
+
+
+def test_running_lanes_never_wait_for_a_page_still_being_made(tiny_model):
+    """While lanes decode, the decoder takes a new page only once `Feed.arrived` says it is made;
+    meanwhile it keeps stepping, and every page still comes out with generate's tokens."""
+    engine = load_engine(EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=24))
+    prompt = TASK_PROMPTS["markdown"]
+    prepare = engine.preparer(prompt)
+    pages = [prepare(noise_page(i, 300 + 100 * i, 200, seed=i)) for i in range(3)]
+    decoder = paged_decoder(engine, prompt, ngram=(0, 0), prefill_tokens=1)  # one page per prefill
+    checks = {"while_running": 0}
+    taken_while_running_before_arrival = []
+
+    def arrived():  # the second and third pages arrive only after a few steps of the first
+        if decoder.lanes:
+            checks["while_running"] += 1
+        return decoder.steps >= 5
+
+    def items():
+        for page in pages:
+            if decoder.lanes and decoder.steps < 5:
+                taken_while_running_before_arrival.append(page.index)
+            yield page
+
+    from dsocr_cli.engines.decode import Feed
+
+    feed = Feed(lambda group: engine._prefill(group, prompt), engine._measure, arrived=arrived)
+    streamed = {done.item.source.key: done for done in decoder.run(items(), feed)}
+    assert checks["while_running"] > 0 and taken_while_running_before_arrival == []
+    reference = {p.source.key: engine.predict([p], prompt)[0] for p in pages}
+    assert {k: engine._prediction(d.ids, 0.0).text for k, d in streamed.items()} == {
+        k: r.text for k, r in reference.items()
+    }
+
+
 def test_a_resumed_page_that_wrote_an_image_token_prefills(engine):
     """A preempted page resumes with its prompt and the tokens it had generated; an image token
     among those is text the model wrote, not a placeholder: the image features fill its prompt's

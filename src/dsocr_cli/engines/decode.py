@@ -87,6 +87,7 @@ class Feed:
     forget: Callable[[object], object] = _same  # the item to keep once prefilled (bulky inputs dropped)
     renew: Callable[[object], object] = _same  # an item going back to the queue: start remaking its inputs
     ready: Callable[[object], bool] = lambda item: True  # whether a renewed item's inputs are made
+    arrived: Callable[[], bool] = lambda: True  # whether the next new item can be taken without waiting
     start_rest: Callable[[], None] = lambda: None  # start-up work the first pages do not wait for
 
 
@@ -358,7 +359,8 @@ class PagedDecoder:
     def _admit(self, pending: Iterator) -> Iterator[Finished]:
         """Prefill one group of waiting sequences into free lanes; return True once `pending` is empty.
         Queued sequences (preempted, retried) come first, each once its inputs are remade; while
-        lanes run, one whose inputs are still being made lets new pages pass."""
+        lanes run, one whose inputs are still being made lets new pages pass, and a new page is
+        taken only once it has arrived (`Feed.arrived`), so that running lanes never wait for one."""
         group, tokens, exhausted = [], 0, False
         free = self._open_lanes() - len(self.lanes)
         spare = len(self.kv.free)
@@ -366,6 +368,8 @@ class PagedDecoder:
         while len(group) < free:
             seq = next((s for s in self.queue if not self.lanes or self.feed.ready(s.item)), None)
             if seq is None:
+                if self.lanes and not self.feed.arrived():
+                    break  # the next page is still being made: decode meanwhile, never wait for it
                 item = next(pending, _END) if not exhausted else _END
                 if item is _END:
                     exhausted = self.input_done = True

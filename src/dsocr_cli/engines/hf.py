@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dsocr_cli.engines.device import device_stats, resolve_device, resolve_dtype
-from dsocr_cli.engines.inputs import Preprocess, Remake, made_meanwhile, prepared
+from dsocr_cli.engines.inputs import Prepared, Preprocess, Remake, made_meanwhile, prepared
 from dsocr_cli.engines.ngram import WindowedNoRepeatNGram, looks_looped
 from dsocr_cli.errors import SetupError, UsageError
 from dsocr_cli.options import TASK_PROMPTS, EngineOptions
@@ -99,6 +99,7 @@ class HFEngine:
             forget=self.remake.forget,
             renew=self.remake.renew,
             ready=self.remake.ready,
+            arrived=ready.arrived,
             start_rest=self.capture_views,
         )
         interval = sys.getswitchinterval()
@@ -113,9 +114,10 @@ class HFEngine:
             yield from failed()
         finally:
             sys.setswitchinterval(interval)
+            ready.close()
             self.remake.close()
 
-    def _decoder_meanwhile(self, prompt: str, ready: Iterator[PageImage]):
+    def _decoder_meanwhile(self, prompt: str, ready: Prepared):
         """The decoder, built here (a failure then takes no page with it) and started on another
         thread (its first CUDA graph is captured there) while this one starts rendering and making
         the first pages' inputs: the start-up overlaps them instead of preceding them. Returns the

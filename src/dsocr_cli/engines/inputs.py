@@ -4,7 +4,7 @@ The processor's resize, tiling and normalisation cost 50-300 ms of CPU per page;
 thread that drives the GPU, they stall decoding. Threads rather than the render processes: the
 work is PIL and numpy, which release the GIL, while a tiled page's inputs (27 MB in bf16) would
 have to cross a process boundary; measured end to end on the bench GPU, shipping them from the
-render workers was slower than making them here (docs/BENCHMARKS.md, run 7 against run 8).
+render workers was slower than making them here (docs/BENCHMARKS.md, run 7 against run 8, and run 41).
 `Preprocess` stays picklable, so a render worker can still run it where that pays.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -47,58 +46,92 @@ class Preprocess:
 
 def prepared(
     prepare: Callable[[PageImage], PageImage], pages: Iterable[PageImage], threads: int, ahead: int = 32
-) -> tuple[Iterator[PageImage], Callable[[], Iterator[tuple[PageImage, Exception]]]]:
-    """Pages with their model inputs, made by `threads` threads up to `ahead` pages in advance.
+) -> tuple[Prepared, Callable[[], Iterator[tuple[PageImage, Exception]]]]:
+    """Pages with their model inputs, made by `threads` threads up to `ahead` pages in advance
+    (see `Prepared`), and a function that yields (page, exception) for pages that failed."""
+    ready = Prepared(prepare, pages, threads, ahead)
+    return ready, ready.failed
+
+
+class Prepared:
+    """Pages in input order with their model inputs, made by a few threads ahead of the decoder.
 
     Pages are pulled from `pages` on the calling thread only (the pipeline's generator is not
     thread-safe), two per page handed on, so the window fills without delaying the first page.
-    Returns the page iterator and a function that yields (page, exception) for pages that failed.
+    `arrived` tells the decoder whether the next page is made, so that while sequences decode it
+    takes a page only when that costs no wait: a page still being made would stall every lane.
+    A page that cannot be prepared is set aside for `failed`.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
-    errors: list[tuple[PageImage, Exception]] = []
+    def __init__(self, prepare: Callable[[PageImage], PageImage], pages: Iterable[PageImage], threads: int, ahead: int):
+        from concurrent.futures import ThreadPoolExecutor
 
-    def failed() -> Iterator[tuple[PageImage, Exception]]:
+        self.prepare, self.source, self.ahead = prepare, iter(pages), ahead
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="dsocr-prepare")
+        self.window: collections.deque[tuple[PageImage, PageImage | Future]] = collections.deque()
+        self.exhausted = False
+        self.errors: list[tuple[PageImage, Exception]] = []
+
+    def __iter__(self) -> Prepared:
+        return self
+
+    def __next__(self) -> PageImage:
+        while True:
+            self._pull(2)
+            if not self.window:
+                self.close()
+                raise StopIteration
+            page, job = self.window.popleft()
+            try:
+                return job if isinstance(job, PageImage) else job.result()
+            except Exception as exc:  # this page alone cannot be prepared
+                self.errors.append((page, exc))
+
+    def arrived(self) -> bool:
+        """Whether `next` returns without waiting for the processor: the next page is made, or
+        none is left. Pulls a page or two into the window, as `next` would."""
+        self._pull(2)
+        if not self.window:
+            return self.exhausted
+        job = self.window[0][1]
+        return isinstance(job, PageImage) or job.done()
+
+    def unread(self, pages: list[PageImage]) -> None:
+        """Put pages already taken (and made) back in front, in their order."""
+        self.window.extendleft((page, page) for page in reversed(pages))
+
+    def failed(self) -> Iterator[tuple[PageImage, Exception]]:
         """The pages whose inputs failed since the last call; call it again as more pages go by."""
-        while errors:
-            yield errors.pop(0)
+        while self.errors:
+            yield self.errors.pop(0)
 
-    def ready() -> Iterator[PageImage]:
-        """Prepared pages in input order; a page that cannot be prepared is set aside for `failed`."""
-        source = iter(pages)
-        window: collections.deque = collections.deque()
-        exhausted = False
-        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="dsocr-prepare") as pool:
-            while True:
-                for _ in range(2):
-                    if exhausted or len(window) >= ahead:
-                        break
-                    page = next(source, None)
-                    if page is None:
-                        exhausted = True
-                    else:
-                        window.append((page, page if page.inputs is not None else pool.submit(prepare, page)))
-                if not window:
-                    return
-                page, job = window.popleft()
-                try:
-                    yield job if isinstance(job, PageImage) else job.result()
-                except Exception as exc:  # this page alone cannot be prepared
-                    errors.append((page, exc))
+    def close(self) -> None:
+        """Stop making inputs: pages not started are dropped, those being made are waited for."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
-    return ready(), failed
+    def _pull(self, count: int) -> None:
+        for _ in range(count):
+            if self.exhausted or len(self.window) >= self.ahead:
+                return
+            page = next(self.source, None)
+            if page is None:
+                self.exhausted = True
+            else:
+                self.window.append((page, page if page.inputs is not None else self.pool.submit(self.prepare, page)))
 
 
-def made_meanwhile(ready: Iterator[PageImage], job: Future, limit: int = 32) -> Iterator[PageImage]:
-    """Pull pages from `ready` (starting their rendering and inputs) until `job` is done or `limit`
-    pages are made; return them followed by the rest, so the first pages wait for nothing."""
+def made_meanwhile(ready: Prepared, job: Future, limit: int = 32) -> Prepared:
+    """Take pages from `ready` (starting their rendering and inputs) until `job` is done or `limit`
+    pages are made, and put them back in front: the first pages then wait for nothing."""
     early: list[PageImage] = []
     while not job.done() and len(early) < limit:
         page = next(ready, None)
         if page is None:
             break
         early.append(page)
-    return itertools.chain(early, ready)
+    if early:
+        ready.unread(early)
+    return ready
 
 
 class Remake:
