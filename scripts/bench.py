@@ -164,21 +164,28 @@ def make_engine_class():
         plan = None  # the engine's page_plan, set when the engine builds the decoder
 
         def run(self, items, feed):
-            """The decoder's run, with every wait for the next page (rendering, preprocessing)
-            of over a millisecond in the timeline as an "input-wait" and its seconds in `waits`."""
+            """The decoder's run, with every wait for the next page (rendering, preprocessing) of
+            over a millisecond, in taking it or in asking whether it has arrived, in the timeline
+            as an "input-wait" and its seconds in `waits`."""
             self.waits = []
+            feed = dataclasses.replace(feed, arrived=self._timed(feed.arrived))
             return super().run(self._waited(iter(items)), feed)
 
-        def _waited(self, items):
-            while True:
+        def _timed(self, call):
+            def timed_call(*args):
                 began = time.perf_counter()
-                item = next(items, None)
+                result = call(*args)
                 ended = time.perf_counter()
-                if item is None:
-                    return
                 if self.timeline is not None and ended - began > 1e-3:
                     self.timeline.append((ended, "input-wait", len(self.lanes)))
                     self.waits.append((ended - began, len(self.lanes)))
+                return result
+
+            return timed_call
+
+        def _waited(self, items):
+            take = self._timed(lambda: next(items, None))
+            while (item := take()) is not None:
                 yield item
 
         def on_admit(self, lane, seq):

@@ -299,6 +299,36 @@ def test_prepared_pages_say_whether_the_next_one_is_made():
     assert ready.arrived(), "nothing left: taking the end costs no wait"
 
 
+def test_a_page_that_failed_is_set_aside_before_the_decoder_would_wait_past_it():
+    """A page whose inputs failed is not "arrived": it goes to `failed`, and `arrived` then
+    speaks of the page after it, so `next` never waits behind a failure."""
+    import dataclasses
+    import threading
+    import time
+
+    from dsocr_cli.engines.inputs import prepared
+
+    gate = threading.Event()
+
+    def prepare(page):
+        if page.index == 1:
+            raise ValueError("tiles do not fit")
+        if page.index == 2:
+            gate.wait(30)
+        return dataclasses.replace(page, inputs={"index": page.index})
+
+    ready, failed = prepared(prepare, iter([noise_page(i, 40, 40, seed=i) for i in range(3)]), threads=2, ahead=4)
+    assert next(ready).inputs == {"index": 0}
+    errors, deadline = [], time.monotonic() + 30
+    while not errors and time.monotonic() < deadline:
+        assert not ready.arrived(), "page 1 failed and page 2 is still being made"
+        errors += [(p.index, str(e)) for p, e in failed()]
+        time.sleep(0.01)
+    assert errors == [(1, "tiles do not fit")]
+    gate.set()
+    assert [p.inputs["index"] for p in ready] == [2]
+
+
 def test_running_lanes_never_wait_for_a_page_still_being_made(tiny_model):
     """While lanes decode, the decoder takes a new page only once `Feed.arrived` says it is made;
     meanwhile it keeps stepping, and every page still comes out with generate's tokens."""
@@ -306,13 +336,14 @@ def test_running_lanes_never_wait_for_a_page_still_being_made(tiny_model):
     prompt = TASK_PROMPTS["markdown"]
     prepare = engine.preparer(prompt)
     pages = [prepare(noise_page(i, 300 + 100 * i, 200, seed=i)) for i in range(3)]
-    decoder = paged_decoder(engine, prompt, ngram=(0, 0), prefill_tokens=1)  # one page per prefill
-    checks = {"while_running": 0}
+    # One page per prefill, and prefills as often as the decoder likes: only `arrived` holds pages back.
+    decoder = paged_decoder(engine, prompt, ngram=(0, 0), prefill_tokens=1, first_prefill_share=1.0, prefill_grace=1e9)
+    checks = {"refused_while_running": 0}
     taken_while_running_before_arrival = []
 
     def arrived():  # the second and third pages arrive only after a few steps of the first
-        if decoder.lanes:
-            checks["while_running"] += 1
+        if decoder.lanes and decoder.steps < 5:
+            checks["refused_while_running"] += 1
         return decoder.steps >= 5
 
     def items():
@@ -325,7 +356,7 @@ def test_running_lanes_never_wait_for_a_page_still_being_made(tiny_model):
 
     feed = Feed(lambda group: engine._prefill(group, prompt), engine._measure, arrived=arrived)
     streamed = {done.item.source.key: done for done in decoder.run(items(), feed)}
-    assert checks["while_running"] > 0 and taken_while_running_before_arrival == []
+    assert checks["refused_while_running"] > 0 and taken_while_running_before_arrival == []
     reference = {p.source.key: engine.predict([p], prompt)[0] for p in pages}
     assert {k: engine._prediction(d.ids, 0.0).text for k, d in streamed.items()} == {
         k: r.text for k, r in reference.items()

@@ -92,19 +92,19 @@ class HFEngine:
         prepare = self.preparer(prompt)
         self.remake = Remake(prepare)
         ready, failed = prepared(prepare, pages, PREPARE_THREADS if self.device == "cuda" else 1)
-        decoder, ready = self._decoder_meanwhile(prompt, ready)
-        feed = Feed(
-            prefill=lambda group: self._prefill(group, prompt),
-            measure=self._measure,
-            forget=self.remake.forget,
-            renew=self.remake.renew,
-            ready=self.remake.ready,
-            arrived=ready.arrived,
-            start_rest=self.capture_views,
-        )
         interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
-        try:
+        try:  # from here on, a failed or abandoned start stops the input threads too
+            decoder, ready = self._decoder_meanwhile(prompt, ready)
+            feed = Feed(
+                prefill=lambda group: self._prefill(group, prompt),
+                measure=self._measure,
+                forget=self.remake.forget,
+                renew=self.remake.renew,
+                ready=self.remake.ready,
+                arrived=ready.arrived,
+                start_rest=self.capture_views,
+            )
+            sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
             for done in decoder.run(ready, feed):
                 yield from failed()
                 if done.finish == "error":

@@ -66,8 +66,8 @@ class Prepared:
     def __init__(self, prepare: Callable[[PageImage], PageImage], pages: Iterable[PageImage], threads: int, ahead: int):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.prepare, self.source, self.ahead = prepare, iter(pages), ahead
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="dsocr-prepare")
+        self.prepare, self.source, self.ahead, self.threads = prepare, iter(pages), ahead, max(1, threads)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dsocr-prepare")
         self.window: collections.deque[tuple[PageImage, PageImage | Future]] = collections.deque()
         self.exhausted = False
         self.errors: list[tuple[PageImage, Exception]] = []
@@ -89,12 +89,22 @@ class Prepared:
 
     def arrived(self) -> bool:
         """Whether `next` returns without waiting for the processor: the next page is made, or
-        none is left. Pulls a page or two into the window, as `next` would."""
-        self._pull(2)
-        if not self.window:
-            return self.exhausted
-        job = self.window[0][1]
-        return isinstance(job, PageImage) or job.done()
+        none is left. Never waits for the processor; pulls from `pages` (rendering, which is far
+        quicker) only while fewer pages are in the window than threads to make them."""
+        while True:
+            if len(self.window) < self.threads:
+                self._pull(1)
+            if not self.window:
+                return self.exhausted
+            page, job = self.window[0]
+            if isinstance(job, PageImage):
+                return True
+            if not job.done():
+                return False
+            if job.exception() is None:
+                return True
+            self.window.popleft()  # a page that failed is set aside here, not waited past in `next`
+            self.errors.append((page, job.exception()))
 
     def unread(self, pages: list[PageImage]) -> None:
         """Put pages already taken (and made) back in front, in their order."""
