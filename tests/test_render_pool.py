@@ -173,6 +173,51 @@ def test_prepared_tensors_arrive_intact(tmp_path):
         assert torch.allclose(page.inputs["scaled"], page.inputs["pixels"].float() / 255)
 
 
+def shared_pages() -> list[str]:
+    """Page images waiting in /dev/shm for the parent to copy them out."""
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("dsocr-page-"))
+
+
+def wait_for(condition, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_page_images_come_through_shared_memory_intact_and_none_is_left(tmp_path):
+    from dsocr_cli.render import render
+
+    sources = documents(tmp_path / "in")
+    stream = page_stream(sources, RenderOptions(), workers=2, prefetch=8)
+    pages = []
+    for item in stream:
+        if isinstance(item, PageImage):
+            pages.append(item)
+            if len(pages) == 1:  # the workers render ahead: their next pages wait in segments
+                assert wait_for(shared_pages), "no page image was handed over through shared memory"
+    assert len(pages) == 5 + 3 + 4 + 3
+    direct = {
+        (p.source.key, p.index): p.image for s in sources if s.key != "broken.pdf" for p in render(s, RenderOptions())
+    }
+    for page in pages:
+        assert page.image.tobytes() == direct[page.source.key, page.index].tobytes(), page
+    assert shared_pages() == []
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
+def test_a_stream_given_up_early_leaves_no_page_image_in_shared_memory(tmp_path):
+    make_pdf(tmp_path / "long.pdf", pages=12)
+    sources, _ = discover([str(tmp_path / "long.pdf")])
+    stream = page_stream(sources, RenderOptions(), workers=1, prefetch=8)
+    first = next(i for i in stream if isinstance(i, PageImage))
+    assert first.index == 0
+    assert wait_for(shared_pages), "the worker rendered nothing ahead"
+    stream.close()  # the consumer gives up: pages rendered ahead were never read
+    assert shared_pages() == []
+
+
 SMALL_SHM = """
 import sys, torch
 from dsocr_cli.discover import discover

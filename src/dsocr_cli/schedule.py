@@ -7,6 +7,7 @@ crashes its renderer costs its document, never the run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 
+from dsocr_cli import handover
 from dsocr_cli.errors import InputError, show_path
 from dsocr_cli.options import RenderOptions
 from dsocr_cli.render import render
@@ -137,7 +139,10 @@ class RenderWorker:
     def __init__(self, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None, ahead: int):
         context = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA and threads
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, options, render_fn, prepare, ahead), daemon=True)
+        # Pages sent and not yet read here: the pipe alone bounds that only for pages too big for it
+        self.unread = context.Semaphore(ahead)
+        args = (child, options, render_fn, prepare, self.unread)
+        self.process = context.Process(target=_serve, args=args, daemon=True)
         # Started with SIGINT blocked (it inherits that), so a Ctrl-C during its start-up cannot
         # reach it before it ignores SIGINT itself.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -168,7 +173,14 @@ class RenderWorker:
             kind, payload = pickle.loads(self.conn.recv_bytes())
         except Exception as exc:  # EOF: the worker died; or a page that cannot be rebuilt here
             return self._lost(source, exc)
+        if kind == "shared-page":
+            page, pixels = payload
+            try:
+                kind, payload = "page", dataclasses.replace(page, image=handover.take(pixels))
+            except Exception as exc:  # its segment is gone (/dev/shm emptied under us)
+                return self._lost(source, exc)
         if kind == "page":
+            self.unread.release()
             self.pages += 1
             return payload
         self.source = None
@@ -197,17 +209,21 @@ class RenderWorker:
             self.process.kill()
 
     def join(self) -> None:
-        """Reap the process and close the parent's end of the pipe."""
+        """Reap the process, close the parent's end of the pipe and unlink the page images it
+        shared that were never read."""
         self.process.join(timeout=5)
         self.conn.close()
+        if self.process.pid is not None and not self.alive:
+            handover.sweep(self.process.pid)
 
 
-def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None, ahead: int) -> None:
+def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None, unread) -> None:
     """The worker: each source received becomes messages for the parent, sent by a second thread
-    so rendering goes on while the parent is busy. The parent's end closing ends the worker."""
+    so rendering goes on while the parent is busy, until the pages the parent has not read yet
+    fill `unread` (a semaphore it releases per page read). The parent's end closing ends the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    outbox: queue.Queue = queue.Queue(maxsize=ahead)
+    outbox: queue.Queue = queue.Queue()
     threading.Thread(target=_send_all, args=(conn, outbox), daemon=True).start()
     while True:
         try:
@@ -221,7 +237,9 @@ def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare |
             signal.setitimer(signal.ITIMER_REAL, 0)
             if message is None:
                 break
-            outbox.put(message)
+            if message[0] == "page":
+                unread.acquire()  # outside the stall timer: a parent busy elsewhere is no stall
+            outbox.put(_pack(message))
 
 
 def _send_all(conn, outbox: queue.Queue) -> None:
@@ -233,33 +251,46 @@ def _send_all(conn, outbox: queue.Queue) -> None:
 
 
 def _messages(source: Source, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None) -> Iterator:
-    """One document as pickled messages: each page, prepared when asked, then done; or failed,
-    after which none follow. Errors travel as plain tuples."""
+    """One document as messages: each page, prepared when asked, then done; or failed, after
+    which none follow. Errors travel as plain tuples."""
     try:
         for page in render_fn(source, options):
-            yield _page_message(page, prepare)
-        yield _dumps(("done", None))
+            yield "page", _prepared(page, prepare)
+        yield "done", None
     except InputError as exc:
-        yield _dumps(("failed", (exc.message, exc.reason, exc.hint)))
+        yield "failed", (exc.message, exc.reason, exc.hint)
     except Exception as exc:  # a renderer bug must not look like a hang
         why = f"{show_path(source.path)}: cannot be rendered ({_first_line(exc)})"
-        yield _dumps(("failed", (why, "corrupt", None)))
+        yield "failed", (why, "corrupt", None)
 
 
-def _page_message(page: PageImage, prepare: Prepare | None):
+def _prepared(page: PageImage, prepare: Prepare | None) -> PageImage:
     try:
-        return _dumps(("page", prepare(page) if prepare else page))
+        return prepare(page) if prepare else page
     except Exception as exc:
         where = f"{show_path(page.source.path)}: page {page.number}"
         raise InputError(f"{where} cannot be prepared for the model ({_first_line(exc)})", "prepare") from None
 
 
-def _dumps(message: tuple):
-    """Pickled for the parent. A page's tensors travel through shared memory (torch's reductions)
-    while /dev/shm has room for them twice over, and are copied through the pipe otherwise: with a
-    small /dev/shm (Docker's 64 MB) torch would fail part way and leave empty segments behind."""
+def _pack(message: tuple):
+    """A message pickled for the parent; a page's image goes through shared memory where there is
+    room for it (see handover), its tensors as `_dumps` says."""
+    kind, page = message
+    if kind != "page":
+        return _dumps(message)
+    pixels = handover.share(page.image)
+    if pixels is None:
+        return _dumps(message, page.inputs)
+    return _dumps(("shared-page", (dataclasses.replace(page, image=None), pixels)), page.inputs)
+
+
+def _dumps(message: tuple, tensors: dict | None = None):
+    """Pickled for the parent. A page's tensors (`tensors`, in the message) travel through shared
+    memory (torch's reductions) while /dev/shm has room for them twice over, and are copied through
+    the pipe otherwise: with a small /dev/shm (Docker's 64 MB) torch would fail part way and leave
+    empty segments behind."""
     torch = sys.modules.get("torch")
-    size = sum(getattr(value, "nbytes", 0) for value in (getattr(message[1], "inputs", None) or {}).values())
+    size = sum(getattr(value, "nbytes", 0) for value in (tensors or {}).values())
     if torch is not None and size and _shared_memory_free() >= 2 * size:
         # Named segments: the parent opens them itself. With the default (file descriptors) it would
         # have to fetch each one from this worker, and wait whenever rendering holds the GIL here.

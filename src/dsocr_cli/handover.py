@@ -1,0 +1,88 @@
+"""Rendered page images handed from the render workers to the main process through shared memory.
+
+A rendered A4 page is 6 MB of RGB. Read from a worker's pipe it comes 64 KB at a time, and the
+main process, which also launches the GPU's work, gives up the GIL around every read: with threads
+making page inputs beside it, a page cost it 11-14 ms. From a shared memory segment it is one copy.
+
+A worker makes one segment per page, named after its process, and never unlinks it; the main
+process unlinks each segment once it has copied the page out, and `sweep`s those of a worker that
+died or was stopped before its pages were read. Workers share the main process's resource
+tracker, which unlinks whatever is left if the main process itself is killed. A segment is made
+only while /dev/shm has room for it twice over, and its memory is reserved before it is written:
+a write that tmpfs cannot back would kill the worker with SIGBUS. Without room the page travels
+through the pipe, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from multiprocessing.shared_memory import SharedMemory
+
+from PIL import Image
+
+SHM = "/dev/shm"
+
+Pixels = tuple[str, str, tuple[int, int], int]  # segment name, image mode, size, bytes
+
+
+def prefix(pid: int) -> str:
+    """The start of every segment name the worker with this process id makes."""
+    return f"dsocr-page-{pid}-"
+
+
+def share(image: Image.Image) -> Pixels | None:
+    """In a worker: the image copied into a new segment, for `take`; None when /dev/shm has no room."""
+    if not os.path.isdir(SHM):  # no /dev/shm to measure or sweep (macOS): the pipe it is
+        return None
+    data = image.tobytes()
+    if _free() < 2 * len(data):
+        return None
+    try:
+        segment = SharedMemory(name=prefix(os.getpid()) + secrets.token_hex(6), create=True, size=len(data))
+    except OSError:
+        return None
+    try:
+        os.posix_fallocate(segment._fd, 0, len(data))  # ENOSPC here, not SIGBUS while writing
+        segment.buf[: len(data)] = data
+    except OSError:
+        _unlink(segment)
+        return None
+    segment.close()
+    return segment.name, image.mode, image.size, len(data)
+
+
+def take(pixels: Pixels) -> Image.Image:
+    """In the main process: the image copied out of its segment, which is then unlinked."""
+    name, mode, size, length = pixels
+    segment = SharedMemory(name)
+    view = segment.buf[:length]
+    try:
+        return Image.frombytes(mode, size, view)
+    finally:
+        view.release()
+        _unlink(segment)
+
+
+def sweep(pid: int) -> None:
+    """Unlink the segments left by the worker with this process id (it is gone: nobody reads them)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(SHM):
+            if name.startswith(prefix(pid)):
+                with contextlib.suppress(OSError):
+                    _unlink(SharedMemory(name))
+
+
+def _unlink(segment: SharedMemory) -> None:
+    segment.close()
+    with contextlib.suppress(FileNotFoundError):
+        segment.unlink()
+
+
+def _free() -> int:
+    try:
+        stat = os.statvfs(SHM)
+    except OSError:
+        return 0
+    return stat.f_bavail * stat.f_frsize
