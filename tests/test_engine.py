@@ -447,6 +447,41 @@ def test_until_a_first_page_ends_prefills_keep_to_the_first_share(tiny_model):
     assert lanes[:4] == [1, 2, 3, 4], "a grace lets the first groups in back to back"
 
 
+def test_time_without_pages_is_not_saved_up_for_a_burst_of_prefills(tiny_model):
+    """While lanes decode and no new page is made yet, the time prefills could have had is not
+    banked: when pages come, each prefill still waits until the steps after it have had their
+    share, instead of prefills following each other one step apart while the lanes crawl."""
+    import time
+
+    engine = load_engine(
+        EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=200, no_repeat_ngram=0)
+    )
+    prompt = TASK_PROMPTS["markdown"]
+    prepare = engine.preparer(prompt)
+    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(6)]
+    one_page = engine._measure(pages[0]) + 1  # a prefill group holds one page
+    schedule = dict(prefill_share=0.5, first_prefill_share=0.5, prefill_grace=0.0)
+    decoder = paged_decoder(
+        engine, prompt, lanes=6, max_prompt=200, prefill_tokens=one_page, loop_every=10**6, **schedule
+    )
+    decoder.timeline = []
+    advance = decoder._advance
+
+    def step_lasting_a_while():  # a step takes a few milliseconds, as on a GPU
+        time.sleep(0.002)
+        advance()
+
+    decoder._advance = step_lasting_a_while
+    gate = 100  # steps with no new page made, in which prefills could have run
+    list(run_steps(decoder, engine, pages, prompt, arrived=lambda: decoder.steps >= gate))
+    kinds = "".join("p" if kind == "prefill" else "s" for _, kind, _ in decoder.timeline if kind in ("step", "prefill"))
+    at = [i for i, kind in enumerate(kinds) if kind == "s"][gate - 1]
+    assert "p" in kinds[:at] and "p" not in kinds[at - 50 : at], "lanes decoded a while with no page to take"
+    steps_between = [len(run) for run in kinds[at:].strip("s").split("p")[1:-1]]
+    assert len(steps_between) >= 2, kinds[at:]
+    assert min(steps_between) >= 2, f"prefills one step apart: {steps_between}"
+
+
 def test_the_first_pages_are_made_while_the_decoder_starts():
     """The decoder's start (graph capture) runs beside the first pages' inputs, not before them:
     pages are pulled and made until it is done, and none is lost or reordered."""

@@ -112,7 +112,7 @@ class DecoderConfig:
     # filling at half the GPU's time; once per decoder, not per run (worker processes run often)...
     first_prefill_share: float = 0.1
     # ...but the run starts with a burst: prefills may run this many seconds ahead of their share,
-    # so more pages (the shortest of them ends first) decode from the start.
+    # so more pages (the shortest of them ends first) decode from the start; never further ahead.
     prefill_grace: float = 0.5
     # Lanes the decoder starts with: their bucket's graph alone is captured before the first pages,
     # the other buckets once a first page is out; until then the lanes stay within it.
@@ -308,15 +308,15 @@ class PagedDecoder:
         self.feed = feed
         pending = iter(items)
         exhausted = False
-        started = time.perf_counter()
         self.prefill_clock = PrefillClock(self.device)
+        self.prefill_allowed, self.allowed_at = self.config.prefill_grace, time.perf_counter()
         self.closing.clear()  # an abandoned run's pages are not this run's
         self.delivered = 0
         self.input_done = False
         ended: list[Finished] = []
         previous: _Snapshot | None = None  # the last step launched, its ends not yet read
         while True:
-            if (not exhausted or self.queue) and self._may_prefill(started):
+            if (not exhausted or self.queue) and self._may_prefill():
                 exhausted = yield from self._admit(pending)
             self._start_rest()
             launched = None
@@ -345,16 +345,21 @@ class PagedDecoder:
         self.prefill_clock.running()
         return self.prefill_clock.seconds
 
-    def _may_prefill(self, started: float) -> bool:
+    def _may_prefill(self) -> bool:
         """Prefill shares the GPU with running lanes: while any run, one prefill is queued at a time
         and prefills take at most `prefill_share` of the time (less until the decoder's first
-        sequence ended, past a burst at the start), so admissions never stall decoding."""
+        sequence ended), at most `prefill_grace` seconds ahead of it, so admissions never stall
+        decoding. Time in which no prefill ran (graphs being captured, no page made yet) is not
+        saved up beyond that grace: spent at once, it would hold the lanes for seconds."""
+        now = time.perf_counter()
+        share = self.config.prefill_share if self.ended else self.config.first_prefill_share
+        running = self.prefill_clock.running()  # counts the prefills that have passed
+        self.prefill_allowed += share * (now - self.allowed_at)
+        self.prefill_allowed = min(self.prefill_allowed, self.prefill_clock.seconds + self.config.prefill_grace)
+        self.allowed_at = now
         if not self.lanes:
             return True
-        if self.prefill_clock.running():
-            return False
-        share = self.config.prefill_share if self.ended else self.config.first_prefill_share
-        return self.prefill_clock.seconds <= share * (time.perf_counter() - started) + self.config.prefill_grace
+        return not running and self.prefill_clock.seconds <= self.prefill_allowed
 
     def _admit(self, pending: Iterator) -> Iterator[Finished]:
         """Prefill one group of waiting sequences into free lanes; return True once `pending` is empty.
