@@ -1,8 +1,10 @@
 """Rendered page images handed from the render workers to the main process through shared memory.
 
 A rendered A4 page is 6 MB of RGB. Read from a worker's pipe it comes 64 KB at a time, and the
-main process, which also launches the GPU's work, gives up the GIL around every read: with threads
-making page inputs beside it, a page cost it 11-14 ms. From a shared memory segment it is one copy.
+main process, which also launches the GPU's work, gives up the GIL around every read and waits to
+get it back from the threads making page inputs beside it. From a shared memory segment it is one
+copy (docs/BENCHMARKS.md, run 44: the decoding thread's waits for pages fell from 10.9 to 7.6 s
+in 1,024 pages).
 
 A worker makes one segment per page, named after its process, and never unlinks it; the main
 process unlinks each segment once it has copied the page out, and `sweep`s those of a worker that
@@ -10,7 +12,7 @@ died or was stopped before its pages were read. Workers share the main process's
 tracker, which unlinks whatever is left if the main process itself is killed. A segment is made
 only while /dev/shm has room for it twice over, and its memory is reserved before it is written:
 a write that tmpfs cannot back would kill the worker with SIGBUS. Without room the page travels
-through the pipe, as before.
+through the pipe.
 """
 
 from __future__ import annotations
