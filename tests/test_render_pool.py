@@ -303,6 +303,41 @@ def wait_until_gone(mark: str, timeout: float = 30) -> list[int]:
     return left
 
 
+PARENT_DIES = """
+import os, sys, time
+from dsocr_cli.discover import discover
+from dsocr_cli.options import RenderOptions
+from dsocr_cli.schedule import page_stream
+sources, _ = discover(sys.argv[1:])
+for n, item in enumerate(page_stream(sources, RenderOptions(), workers=1, prefetch=2)):
+    if n == 2:
+        print("worker up", flush=True)
+        time.sleep(2)  # the worker sends all it may and waits for this process to read
+        os._exit(0)  # killed: nothing closes the stream or stops its worker
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_a_worker_waiting_for_its_parent_to_read_ends_when_the_parent_dies(tmp_path):
+    """The worker has rendered as far ahead as it may and waits for the parent to read; the parent
+    dies without closing anything. The worker ends by itself, and the resource tracker it shares
+    with the parent then unlinks the page images nobody read."""
+    file = str(make_pdf(tmp_path / "long.pdf", pages=12))
+    mark = uuid.uuid4().hex
+    with open(tmp_path / "said", "w") as said:  # a file, not a pipe: an orphaned worker would hold that open
+        done = subprocess.run(
+            [sys.executable, "-c", PARENT_DIES, file],
+            stdout=said,
+            stderr=subprocess.DEVNULL,
+            env=offline_env(DSOCR_TEST_MARK=mark),
+            timeout=120,
+        )
+    assert done.returncode == 0 and (tmp_path / "said").read_text() == "worker up\n"
+    assert wait_until_gone(mark) == []
+    if Path("/dev/shm").is_dir():
+        assert wait_for(lambda: not shared_pages()), shared_pages()
+
+
 CONSUMER_RAISES = """
 import sys
 from dsocr_cli.discover import discover

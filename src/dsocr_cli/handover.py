@@ -72,8 +72,11 @@ def sweep(pid: int) -> None:
     with contextlib.suppress(OSError):
         for name in os.listdir(SHM):
             if name.startswith(prefix(pid)):
-                with contextlib.suppress(OSError):
+                try:
                     _unlink(SharedMemory(name))
+                except (OSError, ValueError):  # empty: the worker died between creating and sizing it
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(SHM, name))
 
 
 def _unlink(segment: SharedMemory) -> None:

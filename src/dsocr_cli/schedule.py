@@ -225,6 +225,7 @@ def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare |
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     outbox: queue.Queue = queue.Queue()
     threading.Thread(target=_send_all, args=(conn, outbox), daemon=True).start()
+    parent = os.getppid()
     while True:
         try:
             source = conn.recv()
@@ -238,8 +239,16 @@ def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare |
             if message is None:
                 break
             if message[0] == "page":
-                unread.acquire()  # outside the stall timer: a parent busy elsewhere is no stall
+                _wait_for_room(unread, parent)  # outside the stall timer: a parent busy elsewhere is no stall
             outbox.put(_pack(message))
+
+
+def _wait_for_room(unread, parent: int) -> None:
+    """Wait until the parent has read enough pages. A parent that died reads none, and with
+    nothing left to send the worker would never learn of it through the pipe: it ends here."""
+    while not unread.acquire(timeout=1.0):
+        if os.getppid() != parent:
+            os._exit(0)
 
 
 def _send_all(conn, outbox: queue.Queue) -> None:
