@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -54,6 +55,16 @@ def crash_late(source, options):
         if source.key.startswith("crash"):
             time.sleep(0.5)  # the other workers are mid-document by now
             os._exit(139)
+
+
+def unpicklable_second_page_of_bad(source, options):
+    """Renders normally, except that page 2 of bad* documents carries something pickle refuses."""
+    from dsocr_cli.render import render
+
+    for page in render(source, options):
+        if source.key.startswith("bad") and page.index == 1:
+            page = dataclasses.replace(page, inputs={"hook": threading.Lock()})
+        yield page
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -173,9 +184,20 @@ def test_prepared_tensors_arrive_intact(tmp_path):
         assert torch.allclose(page.inputs["scaled"], page.inputs["pixels"].float() / 255)
 
 
+ALREADY_SHARED: set[str] = set()  # page images of other runs on this machine, set per test
+
+
 def shared_pages() -> list[str]:
-    """Page images waiting in /dev/shm for the parent to copy them out."""
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("dsocr-page-"))
+    """Page images this test's workers left in /dev/shm for the parent to copy out."""
+    if not Path("/dev/shm").is_dir():
+        return []
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("dsocr-page-") and n not in ALREADY_SHARED)
+
+
+@pytest.fixture(autouse=True)
+def other_runs_page_images():
+    ALREADY_SHARED.clear()
+    ALREADY_SHARED.update(shared_pages())
 
 
 def wait_for(condition, timeout: float = 30.0):
@@ -256,6 +278,19 @@ def test_a_failing_prepare_fails_only_its_document(tmp_path):
     assert (
         failed.error.one_line() == f"{tmp_path / 'bad.pdf'}: page 2 cannot be prepared for the model (tiles do not fit)"
     )
+    assert [i.index for i in items if isinstance(i, PageImage) and i.source.key == "bad.pdf"] == [0]
+
+
+def test_a_page_that_cannot_be_handed_over_fails_only_its_document(tmp_path):
+    make_pdf(tmp_path / "bad.pdf", pages=3)
+    make_pdf(tmp_path / "good.pdf", pages=3)
+    sources, _ = discover([str(tmp_path / "bad.pdf"), str(tmp_path / "good.pdf")])
+    items = list(page_stream(sources, RenderOptions(), unpicklable_second_page_of_bad, workers=1))
+    outcomes = {i.source.key: i for i in items if isinstance(i, (Rendered, Failed))}
+    assert outcomes["good.pdf"] == Rendered(outcomes["good.pdf"].source, 3), "the same worker went on"
+    failed = outcomes["bad.pdf"]
+    assert isinstance(failed, Failed) and failed.error.reason == "corrupt"
+    assert failed.error.one_line().startswith(f"{tmp_path / 'bad.pdf'}: page 2 cannot be handed over (")
     assert [i.index for i in items if isinstance(i, PageImage) and i.source.key == "bad.pdf"] == [0]
 
 

@@ -6,7 +6,8 @@ get it back from the threads making page inputs beside it. From a shared memory 
 copy (docs/BENCHMARKS.md, run 44: the decoding thread's waits for pages fell from 10.9 to 7.6 s
 in 1,024 pages).
 
-A worker makes one segment per page, named after its process, and never unlinks it; the main
+A worker makes one segment per page, named after a token the main process gave it (process ids
+repeat across containers that share /dev/shm), and never unlinks it; the main
 process unlinks each segment once it has copied the page out, and `sweep`s those of a worker that
 died or was stopped before its pages were read. Workers share the main process's resource
 tracker, which unlinks whatever is left if the main process itself is killed. A segment is made
@@ -29,20 +30,21 @@ SHM = "/dev/shm"
 Pixels = tuple[str, str, tuple[int, int], int]  # segment name, image mode, size, bytes
 
 
-def prefix(pid: int) -> str:
-    """The start of every segment name the worker with this process id makes."""
-    return f"dsocr-page-{pid}-"
+def prefix(token: str) -> str:
+    """The start of every segment name the worker given this token makes."""
+    return f"dsocr-page-{token}-"
 
 
-def share(image: Image.Image) -> Pixels | None:
-    """In a worker: the image copied into a new segment, for `take`; None when /dev/shm has no room."""
-    if not os.path.isdir(SHM):  # no /dev/shm to measure or sweep (macOS): the pipe it is
+def share(image: Image.Image, token: str) -> Pixels | None:
+    """In a worker: the image copied into a new segment, for `take`; None when /dev/shm has no room
+    (or none exists: macOS), or for an image that its mode, size and bytes alone do not rebuild."""
+    if not os.path.isdir(SHM) or image.mode not in ("RGB", "L"):
         return None
     data = image.tobytes()
-    if _free() < 2 * len(data):
+    if not data or _free() < 2 * len(data):
         return None
     try:
-        segment = SharedMemory(name=prefix(os.getpid()) + secrets.token_hex(6), create=True, size=len(data))
+        segment = SharedMemory(name=prefix(token) + secrets.token_hex(6), create=True, size=len(data))
     except OSError:
         return None
     try:
@@ -67,11 +69,17 @@ def take(pixels: Pixels) -> Image.Image:
         _unlink(segment)
 
 
-def sweep(pid: int) -> None:
-    """Unlink the segments left by the worker with this process id (it is gone: nobody reads them)."""
+def discard(pixels: Pixels) -> None:
+    """In a worker: unlink a segment that will not be sent after all."""
+    with contextlib.suppress(OSError):
+        _unlink(SharedMemory(pixels[0]))
+
+
+def sweep(token: str) -> None:
+    """Unlink the segments left by the worker given this token (it is gone: nobody reads them)."""
     with contextlib.suppress(OSError):
         for name in os.listdir(SHM):
-            if name.startswith(prefix(pid)):
+            if name.startswith(prefix(token)):
                 try:
                     _unlink(SharedMemory(name))
                 except (OSError, ValueError):  # empty: the worker died between creating and sizing it

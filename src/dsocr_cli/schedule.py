@@ -13,6 +13,7 @@ import multiprocessing.connection
 import os
 import pickle
 import queue
+import secrets
 import signal
 import sys
 import threading
@@ -141,7 +142,9 @@ class RenderWorker:
         self.conn, child = context.Pipe()
         # Pages sent and not yet read here: the pipe alone bounds that only for pages too big for it
         self.unread = context.Semaphore(ahead)
-        args = (child, options, render_fn, prepare, self.unread)
+        # Names its shared page images: process ids repeat across containers sharing /dev/shm
+        self.token = secrets.token_hex(6)
+        args = (child, options, render_fn, prepare, self.unread, self.token)
         self.process = context.Process(target=_serve, args=args, daemon=True)
         # Started with SIGINT blocked (it inherits that), so a Ctrl-C during its start-up cannot
         # reach it before it ignores SIGINT itself.
@@ -214,10 +217,10 @@ class RenderWorker:
         self.process.join(timeout=5)
         self.conn.close()
         if self.process.pid is not None and not self.alive:
-            handover.sweep(self.process.pid)
+            handover.sweep(self.token)
 
 
-def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None, unread) -> None:
+def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare | None, unread, token: str) -> None:
     """The worker: each source received becomes messages for the parent, sent by a second thread
     so rendering goes on while the parent is busy, until the pages the parent has not read yet
     fill `unread` (a semaphore it releases per page read). The parent's end closing ends the worker."""
@@ -238,9 +241,18 @@ def _serve(conn, options: RenderOptions, render_fn: RenderFn, prepare: Prepare |
             signal.setitimer(signal.ITIMER_REAL, 0)
             if message is None:
                 break
-            if message[0] == "page":
-                _wait_for_room(unread, parent)  # outside the stall timer: a parent busy elsewhere is no stall
-            outbox.put(_pack(message))
+            if message[0] != "page":
+                outbox.put(_dumps(message))
+                continue
+            _wait_for_room(unread, parent)  # outside the stall timer: a parent busy elsewhere is no stall
+            try:
+                outbox.put(_pack(message[1], token))
+            except Exception as exc:  # the page cannot be sent: its document fails, the worker goes on
+                unread.release()
+                messages.close()
+                why = f"{show_path(source.path)}: page {message[1].number} cannot be handed over ({_first_line(exc)})"
+                outbox.put(_dumps(("failed", (why, "corrupt", None))))
+                break
 
 
 def _wait_for_room(unread, parent: int) -> None:
@@ -281,16 +293,17 @@ def _prepared(page: PageImage, prepare: Prepare | None) -> PageImage:
         raise InputError(f"{where} cannot be prepared for the model ({_first_line(exc)})", "prepare") from None
 
 
-def _pack(message: tuple):
-    """A message pickled for the parent; a page's image goes through shared memory where there is
-    room for it (see handover), its tensors as `_dumps` says."""
-    kind, page = message
-    if kind != "page":
-        return _dumps(message)
-    pixels = handover.share(page.image)
+def _pack(page: PageImage, token: str):
+    """A page pickled for the parent; its image goes through shared memory where there is room for
+    it (see handover), its tensors as `_dumps` says."""
+    pixels = handover.share(page.image, token)
     if pixels is None:
-        return _dumps(message, page.inputs)
-    return _dumps(("shared-page", (dataclasses.replace(page, image=None), pixels)), page.inputs)
+        return _dumps(("page", page), page.inputs)
+    try:
+        return _dumps(("shared-page", (dataclasses.replace(page, image=None), pixels)), page.inputs)
+    except Exception:
+        handover.discard(pixels)  # nobody will read it
+        raise
 
 
 def _dumps(message: tuple, tensors: dict | None = None):
