@@ -13,7 +13,8 @@ died or was stopped before its pages were read. Workers share the main process's
 tracker, which unlinks whatever is left if the main process itself is killed. A segment is made
 only while /dev/shm has room for it twice over, and its memory is reserved before it is written:
 a write that tmpfs cannot back would kill the worker with SIGBUS. Without room the page travels
-through the pipe.
+through the pipe. The engine's worker pool (engines/pixels.py) reads and frees its segments with
+the same helpers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import sys
 from multiprocessing.shared_memory import SharedMemory
 
 from PIL import Image
@@ -41,7 +43,7 @@ def share(image: Image.Image, token: str) -> Pixels | None:
     if not os.path.isdir(SHM) or image.mode not in ("RGB", "L"):
         return None
     data = image.tobytes()
-    if not data or _free() < 2 * len(data):
+    if not data or free_bytes() < 2 * len(data):
         return None
     try:
         segment = SharedMemory(name=prefix(token) + secrets.token_hex(6), create=True, size=len(data))
@@ -51,7 +53,7 @@ def share(image: Image.Image, token: str) -> Pixels | None:
         os.posix_fallocate(segment._fd, 0, len(data))  # ENOSPC here, not SIGBUS while writing
         segment.buf[: len(data)] = data
     except OSError:
-        _unlink(segment)
+        unlink(segment)
         return None
     segment.close()
     return segment.name, image.mode, image.size, len(data)
@@ -59,20 +61,26 @@ def share(image: Image.Image, token: str) -> Pixels | None:
 
 def take(pixels: Pixels) -> Image.Image:
     """In the main process: the image copied out of its segment, which is then unlinked."""
-    name, mode, size, length = pixels
-    segment = SharedMemory(name)
-    view = segment.buf[:length]
+    segment = SharedMemory(pixels[0])
     try:
-        return Image.frombytes(mode, size, view)
+        return _copy_out(segment, pixels)
     finally:
-        view.release()
-        _unlink(segment)
+        unlink(segment)
+
+
+def read(pixels: Pixels) -> Image.Image:
+    """The image copied out of its segment, which stays for its owner to unlink or reuse."""
+    segment = SharedMemory(pixels[0])
+    try:
+        return _copy_out(segment, pixels)
+    finally:
+        segment.close()
 
 
 def discard(pixels: Pixels) -> None:
     """In a worker: unlink a segment that will not be sent after all."""
     with contextlib.suppress(OSError):
-        _unlink(SharedMemory(pixels[0]))
+        unlink(SharedMemory(pixels[0]))
 
 
 def sweep(token: str) -> None:
@@ -81,21 +89,33 @@ def sweep(token: str) -> None:
         for name in os.listdir(SHM):
             if name.startswith(prefix(token)):
                 try:
-                    _unlink(SharedMemory(name))
+                    unlink(SharedMemory(name))
                 except (OSError, ValueError):  # empty: the worker died between creating and sizing it
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(SHM, name))
 
 
-def _unlink(segment: SharedMemory) -> None:
+def unlink(segment: SharedMemory) -> None:
+    """Close this process's mapping and remove the segment (someone else may have already)."""
     segment.close()
     with contextlib.suppress(FileNotFoundError):
         segment.unlink()
 
 
-def _free() -> int:
+def free_bytes() -> int:
+    """Room left in /dev/shm; where there is none to measure (macOS) shared memory lives
+    elsewhere, and callers may try."""
     try:
         stat = os.statvfs(SHM)
     except OSError:
-        return 0
+        return sys.maxsize
     return stat.f_bavail * stat.f_frsize
+
+
+def _copy_out(segment: SharedMemory, pixels: Pixels) -> Image.Image:
+    _, mode, size, length = pixels
+    view = segment.buf[:length]
+    try:
+        return Image.frombytes(mode, size, view)
+    finally:
+        view.release()

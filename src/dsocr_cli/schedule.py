@@ -313,21 +313,13 @@ def _dumps(message: tuple, tensors: dict | None = None):
     empty segments behind."""
     torch = sys.modules.get("torch")
     size = sum(getattr(value, "nbytes", 0) for value in (tensors or {}).values())
-    if torch is not None and size and _shared_memory_free() >= 2 * size:
+    if torch is not None and size and handover.free_bytes() >= 2 * size:
         # Named segments: the parent opens them itself. With the default (file descriptors) it would
         # have to fetch each one from this worker, and wait whenever rendering holds the GIL here.
         torch.multiprocessing.set_sharing_strategy("file_system")
         with contextlib.suppress(RuntimeError):  # "unable to allocate shared memory": others took the room
             return ForkingPickler.dumps(message)
     return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _shared_memory_free() -> int:
-    try:
-        stat = os.statvfs("/dev/shm")
-    except OSError:  # no /dev/shm to measure (macOS): let torch try
-        return sys.maxsize
-    return stat.f_bavail * stat.f_frsize
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,22 +11,20 @@ so a worker killed mid-read leaks nothing. Spawned workers share the driver's re
 which unlinks whatever is left if the driver itself is killed. A new segment is made only while
 /dev/shm has room for it twice over (Docker gives it 64 MB): writing into a segment that tmpfs
 cannot back would kill the driver with SIGBUS. Without room, the page travels whole, as before.
-The render workers' tensors (schedule.py) take torch's shared memory instead; a page image is not
-a tensor, and the driver need not import torch.
+Pages from the render workers come the other way (handover.py, whose helpers read and free these
+segments too), their tensors through torch's shared memory; a page image is not a tensor, and the
+driver need not import torch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 from multiprocessing.shared_memory import SharedMemory
 
 from PIL import Image
 
-KEEP_FREE = 16  # idle segments kept for later pages; more are unlinked as they come back
+from dsocr_cli.handover import Pixels, free_bytes, unlink
 
-Pixels = tuple[str, str, tuple[int, int], int]  # segment name, image mode, size, bytes
+KEEP_FREE = 16  # idle segments kept for later pages; more are unlinked as they come back
 
 
 class SharedPixels:
@@ -40,7 +38,8 @@ class SharedPixels:
         self.whole = 0  # page images that travelled with their page, for lack of room
 
     def lend(self, image: Image.Image) -> Pixels | None:
-        """The image copied into a segment, named for `take`; None when /dev/shm has no room for it."""
+        """The image copied into a segment, for the worker's `handover.read`; None when /dev/shm has no
+        room for it."""
         data = image.tobytes()
         segment = self._segment(len(data))
         if segment is None:
@@ -59,12 +58,12 @@ class SharedPixels:
         if len(self.free) < self.keep_free:
             self.free.append(segment)
         else:
-            _unlink(segment)
+            unlink(segment)
 
     def close(self) -> None:
         """Unlink every segment: the run is over and every worker stopped."""
         for segment in [*self.free, *self.lent.values()]:
-            _unlink(segment)
+            unlink(segment)
         self.free.clear()
         self.lent.clear()
 
@@ -74,35 +73,9 @@ class SharedPixels:
         if fits is not None:
             self.free.remove(fits)
             return fits
-        if _shared_memory_free() < 2 * size:
+        if free_bytes() < 2 * size:
             return None
         try:
             return SharedMemory(create=True, size=size)
         except OSError:
             return None
-
-
-def take(pixels: Pixels) -> Image.Image:
-    """In a worker: the page image, copied out of the driver's segment (which stays the driver's)."""
-    name, mode, size, length = pixels
-    segment = SharedMemory(name)
-    view = segment.buf[:length]
-    try:
-        return Image.frombytes(mode, size, view)
-    finally:
-        view.release()
-        segment.close()
-
-
-def _unlink(segment: SharedMemory) -> None:
-    segment.close()
-    with contextlib.suppress(FileNotFoundError):
-        segment.unlink()
-
-
-def _shared_memory_free() -> int:
-    try:
-        stat = os.statvfs("/dev/shm")
-    except OSError:  # no /dev/shm to measure (macOS): shared memory lives elsewhere there
-        return sys.maxsize
-    return stat.f_bavail * stat.f_frsize

@@ -36,8 +36,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from dsocr_cli.child_process import exit_with_parent
-from dsocr_cli.engines.pixels import take
 from dsocr_cli.errors import DsocrError, ExitCode
+from dsocr_cli.handover import read
 
 PREFETCH = 2  # pages a streaming worker holds beyond its free lanes: one to admit next, one waiting
 MAX_ASK = 256  # the most pages one request asks for
@@ -110,7 +110,7 @@ def receive(conn) -> list | None:
         return jobs
     taken = [job[0] for job in jobs if job[4] is not None]
     jobs = [
-        (i, page if pixels is None else dataclasses.replace(page, image=take(pixels)), prompt, strict)
+        (i, page if pixels is None else dataclasses.replace(page, image=read(pixels)), prompt, strict)
         for i, page, prompt, strict, pixels in jobs
     ]
     if taken:
