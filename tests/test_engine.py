@@ -419,17 +419,25 @@ def test_a_sequence_preempted_just_after_its_eos_is_finished_not_resumed(tiny_mo
     assert decoder.preemptions == 0 and decoder.admitted == 2, "finished, not resumed"
 
 
+def pages_one_per_prefill(tiny_model, count: int, max_new_tokens: int):
+    """An engine, the prompt, `count` small pages with their inputs made, and the prefill size in
+    tokens that holds exactly one of them: for tests of when prefills are let in."""
+    engine = load_engine(
+        EngineOptions(
+            model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=max_new_tokens, no_repeat_ngram=0
+        )
+    )
+    prompt = TASK_PROMPTS["markdown"]
+    prepare = engine.preparer(prompt)
+    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(count)]
+    return engine, prompt, pages, engine._measure(pages[0]) + 1
+
+
 def test_until_a_first_page_ends_prefills_keep_to_the_first_share(tiny_model):
     """The first pages decode without the batch filling beside them: with no first share (and no
     grace) one page runs alone until it ends; after that the run's own share lets the rest in.
     With a long grace the same pages all start at once."""
-    engine = load_engine(
-        EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=12, no_repeat_ngram=0)
-    )
-    prompt = TASK_PROMPTS["markdown"]
-    prepare = engine.preparer(prompt)
-    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(4)]
-    one_page = engine._measure(pages[0]) + 1  # a prefill group holds one page
+    engine, prompt, pages, one_page = pages_one_per_prefill(tiny_model, count=4, max_new_tokens=12)
 
     def lanes_per_step(**schedule):
         decoder = paged_decoder(engine, prompt, max_prompt=200, prefill_tokens=one_page, **schedule)
@@ -455,13 +463,7 @@ def test_time_without_pages_is_not_saved_up_for_a_burst_of_prefills(tiny_model):
 
     from dsocr_cli.engines.decode import Feed
 
-    engine = load_engine(
-        EngineOptions(model=str(tiny_model), device="cpu", dtype="fp32", max_new_tokens=200, no_repeat_ngram=0)
-    )
-    prompt = TASK_PROMPTS["markdown"]
-    prepare = engine.preparer(prompt)
-    pages = [prepare(noise_page(i, 300, 200, seed=i)) for i in range(6)]
-    one_page = engine._measure(pages[0]) + 1  # a prefill group holds one page
+    engine, prompt, pages, one_page = pages_one_per_prefill(tiny_model, count=6, max_new_tokens=200)
     schedule = dict(prefill_share=0.5, first_prefill_share=0.5, prefill_grace=0.0)
     decoder = paged_decoder(
         engine, prompt, lanes=6, max_prompt=200, prefill_tokens=one_page, loop_every=10**6, **schedule
